@@ -1,0 +1,15 @@
+"""MGRAD-UNet and its building blocks as MONAI-style networks."""
+
+from mgrad.networks.blocks import DifferentialDecoder, ReceptiveFieldBlock, ResidualEncoderStage, SideHeads
+from mgrad.networks.mgrad_unet import MGRADOutput, MGRADUnet, MGRADUNet, MgradUNet
+
+__all__ = [
+    "MGRADUNet",
+    "MGRADUnet",
+    "MgradUNet",
+    "MGRADOutput",
+    "ResidualEncoderStage",
+    "ReceptiveFieldBlock",
+    "DifferentialDecoder",
+    "SideHeads",
+]

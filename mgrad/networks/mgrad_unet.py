@@ -1,0 +1,138 @@
+"""MGRAD-UNet: multi-gated reverse attention multi-scale differential UNet (Scientific Reports, 2024)."""
+
+from typing import List, NamedTuple, Optional, Sequence, Union
+
+import torch
+from monai.networks.layers.factories import Pool
+from torch import Tensor, nn
+
+from mgrad.networks.blocks import DifferentialDecoder, ReceptiveFieldBlock, ResidualEncoderStage, SideHeads
+
+__all__ = ["MGRADUNet", "MGRADOutput", "MGRADUnet", "MgradUNet"]
+
+
+class MGRADOutput(NamedTuple):
+    """What :class:`MGRADUNet` returns in train mode; every list is ordered finest level first."""
+
+    pred1: Tensor
+    """Logits of the multi-scale differential decoder (MSD), ``(B, out_channels, *spatial)``."""
+    pred2: Tensor
+    """Logits of the gate-control reverse-attention differential decoder (GRAD)."""
+    features1: List[Tensor]
+    """MSD stage features ``M_1..M_L``; level ``i`` is ``2**i`` times smaller than the input."""
+    features2: List[Tensor]
+    """GRAD stage features ``G_1..G_L``."""
+    side_preds: List[Tensor]
+    """SideConv logits ``S_1..S_L`` of the MSD stages, each upsampled to the input size."""
+
+
+class MGRADUNet(nn.Module):
+    """MGRAD-UNet, as in the authors' released model, for any ``spatial_dims`` (2 in the paper).
+
+    A residual encoder of ``len(features)`` stages (max-pool 2 between them) feeds one receptive field block
+    (RFB) per stage, each reducing its stage to ``rfb_channels``. Two differential pyramid decoders follow: the
+    multi-scale differential decoder (MSD) and the gate-control reverse-attention differential decoder (GRAD),
+    gated by the MSD's stage features. SideConv heads give one full-size side prediction per MSD stage.
+
+    The gated feedback input (eq. 7) adds ``feedback_scale * (G_i - M_i)`` of the previous pass, detached, to
+    the RFB outputs ``R_i`` (the released model adds it after the RFB, with a constant scale); see
+    :meth:`feedback_from`. Without feedback (``feedback=None``) the network encodes normally.
+
+    Differences from the released model: it takes ``in_channels`` as given (the released model repeats one channel
+    to three), and the MSD has no copy of the GRAD's top gate convolution, which the released model builds but
+    never uses (37k parameters fewer).
+
+    Args:
+        spatial_dims: number of spatial dimensions of the input.
+        in_channels: number of input channels.
+        out_channels: number of output channels (classes, background included).
+        features: widths of the encoder stages; every spatial size must be a multiple of ``2**(len(features)-1)``.
+        rfb_channels: width of the RFB outputs and of both decoders.
+        feedback_scale: the factor ``lambda`` of the feedback signal.
+        act: activation type and arguments (MONAI style).
+        norm: normalisation type and arguments (MONAI style).
+
+    In train mode ``forward`` returns an :class:`MGRADOutput`; in eval mode only the fused logits
+    ``pred1 + pred2`` (the released model predicts ``argmax(softmax(P1 + P2))``), so MONAI inferers, handlers
+    and TorchScript export take it as any segmentation network.
+
+    Example::
+
+        >>> net = MGRADUNet(spatial_dims=2, in_channels=1, out_channels=9)
+        >>> x = torch.rand(2, 1, 224, 224)
+        >>> out = net(x)                          # train mode
+        >>> out.pred1.shape, len(out.side_preds)   # (2, 9, 224, 224), 5
+        >>> out = net(x, net.feedback_from(out))  # the next gated feedback pass
+        >>> net.eval()(x).shape                   # (2, 9, 224, 224): fused logits
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        features: Sequence[int] = (64, 128, 256, 512, 1024),
+        rfb_channels: int = 64,
+        feedback_scale: float = 1e-3,
+        act: Union[str, tuple] = ("relu", {"inplace": True}),
+        norm: Union[str, tuple] = ("batch", {"affine": True}),
+    ) -> None:
+        super().__init__()
+        if len(features) < 2:
+            raise ValueError(f"MGRADUNet needs at least 2 encoder stages, got features={tuple(features)}.")
+        self.spatial_dims = spatial_dims
+        self.num_levels = len(features)
+        self.size_multiple = 2 ** (self.num_levels - 1)
+        self.feedback_scale = float(feedback_scale)
+
+        widths = [in_channels, *features]
+        self.encoder = nn.ModuleList(
+            [ResidualEncoderStage(spatial_dims, widths[i], widths[i + 1], act, norm) for i in range(self.num_levels)]
+        )
+        self.pool = Pool["max", spatial_dims](kernel_size=2)
+        self.rfbs = nn.ModuleList([ReceptiveFieldBlock(spatial_dims, f, rfb_channels, act, norm) for f in features])
+        self.msd = DifferentialDecoder(spatial_dims, rfb_channels, out_channels, self.num_levels, act, norm)
+        self.grad = DifferentialDecoder(spatial_dims, rfb_channels, out_channels, self.num_levels, act, norm, gated=True)
+        self.side_heads = SideHeads(spatial_dims, rfb_channels, out_channels, self.num_levels)
+
+    def check_input(self, x: Tensor, feedback: Optional[List[Tensor]]) -> None:
+        """Raise ``ValueError`` for an input the network cannot take."""
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"MGRADUNet(spatial_dims={self.spatial_dims}) expects input (B, C, {self.spatial_dims} spatial dims), "
+                f"got shape {list(x.shape)}."
+            )
+        for size in x.shape[2:]:
+            if size % self.size_multiple != 0:
+                raise ValueError(
+                    f"MGRADUNet needs every spatial size to be a multiple of {self.size_multiple} "
+                    f"({self.num_levels} stages), got spatial size {list(x.shape[2:])}; resize or pad the input."
+                )
+        if feedback is not None and len(feedback) != self.num_levels:
+            raise ValueError(f"feedback must hold {self.num_levels} maps (one per level), got {len(feedback)}.")
+
+    def forward(self, x: Tensor, feedback: Optional[List[Tensor]] = None) -> Union[Tensor, MGRADOutput]:
+        self.check_input(x, feedback)
+        rfb_out: List[Tensor] = []
+        h = x
+        for i, (stage, rfb) in enumerate(zip(self.encoder, self.rfbs)):
+            if i > 0:
+                h = self.pool(h)
+            h = stage(h)
+            rfb_out.append(rfb(h))
+        if feedback is not None:
+            rfb_out = [r + f for r, f in zip(rfb_out, feedback)]
+
+        pred1, features1 = self.msd(rfb_out)
+        pred2, features2 = self.grad(rfb_out, features1)
+        if not self.training:
+            return pred1 + pred2
+        return MGRADOutput(pred1, pred2, features1, features2, self.side_heads(features1))
+
+    @torch.jit.export
+    def feedback_from(self, output: MGRADOutput) -> List[Tensor]:
+        """The next pass's feedback from a train-mode output: ``feedback_scale * (G_i - M_i)``, detached."""
+        return [self.feedback_scale * (g - m).detach() for g, m in zip(output.features2, output.features1)]
+
+
+MGRADUnet = MgradUNet = MGRADUNet
