@@ -1,7 +1,7 @@
 """MGRAD-UNet and its building blocks as MONAI-style networks."""
 
 from mgrad.networks.blocks import DifferentialDecoder, ReceptiveFieldBlock, ResidualEncoderStage, SideHeads
-from mgrad.networks.mgrad_unet import MGRADOutput, MGRADUnet, MGRADUNet, MgradUNet
+from mgrad.networks.mgrad_unet import MGRADOutput, MGRADUNet, MGRADUnet, MgradUNet
 
 __all__ = [
     "MGRADUNet",

@@ -207,7 +207,10 @@ class SideHeads(nn.Module):
         super().__init__()
         self.mode = interp_mode(spatial_dims)
         self.heads = nn.ModuleList(
-            [conv_block(spatial_dims, channels, out_channels, 1, act=None, norm=None, bias=True) for _ in range(num_levels)]
+            [
+                conv_block(spatial_dims, channels, out_channels, 1, act=None, norm=None, bias=True)
+                for _ in range(num_levels)
+            ]
         )
 
     def forward(self, stages: List[Tensor]) -> List[Tensor]:

@@ -92,7 +92,9 @@ class MGRADUNet(nn.Module):
         self.pool = Pool["max", spatial_dims](kernel_size=2)
         self.rfbs = nn.ModuleList([ReceptiveFieldBlock(spatial_dims, f, rfb_channels, act, norm) for f in features])
         self.msd = DifferentialDecoder(spatial_dims, rfb_channels, out_channels, self.num_levels, act, norm)
-        self.grad = DifferentialDecoder(spatial_dims, rfb_channels, out_channels, self.num_levels, act, norm, gated=True)
+        self.grad = DifferentialDecoder(
+            spatial_dims, rfb_channels, out_channels, self.num_levels, act, norm, gated=True
+        )
         self.side_heads = SideHeads(spatial_dims, rfb_channels, out_channels, self.num_levels)
 
     def check_input(self, x: Tensor, feedback: Optional[List[Tensor]]) -> None:
