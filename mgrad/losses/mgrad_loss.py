@@ -1,0 +1,86 @@
+"""The MGRAD-UNet training loss: both decoders' logits plus deep supervision of the side predictions."""
+
+from typing import Optional, Sequence, Union
+
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+from torch import Tensor
+from torch.nn.modules.loss import _Loss
+
+from mgrad.losses.aggregated import AggregatedLoss
+
+__all__ = ["MGRADLoss", "default_segmentation_loss"]
+
+SIDE_WEIGHTS_RELEASED = (0.7, 0.7, 0.7, 0.7, 0.7)
+
+
+def default_segmentation_loss() -> DiceCELoss:
+    """``L = 0.3 * CE + 0.7 * Dice`` (softmax Dice over all classes, background included, pooled over the batch).
+
+    These are the released code's weights; the paper's text gives them the other way round (0.3 Dice, 0.7 CE).
+    """
+    return DiceCELoss(
+        include_background=True, to_onehot_y=True, softmax=True, batch=True, lambda_dice=0.7, lambda_ce=0.3
+    )
+
+
+class MGRADLoss(_Loss):
+    """``L(P1) + L(P2) + deep supervision of the side predictions S_1..S_n`` (eq. 10-13).
+
+    Args:
+        loss: ``L``; default :func:`default_segmentation_loss` (which takes class-index targets; one-hot targets
+            are turned into indices for it).
+        deep_supervision: ``"aggregated"`` (default, as released: :class:`AggregatedLoss` over all non-empty
+            subsets of the side predictions), ``"weighted"`` (the paper's weighted loss, eq. 12-13, through
+            ``monai.losses.DeepSupervisionLoss``) or ``"none"``.
+        side_weights: the weights ``w_i`` of ``"weighted"``; default 0.7 each (the released code's variant).
+        weight_mode: ``DeepSupervisionLoss``'s weight mode where ``side_weights`` is ``None``.
+
+    ``forward(output, target)`` takes the network's train-mode :class:`~mgrad.networks.MGRADOutput` (or any
+    sequence ``(pred1, pred2, features1, features2, side_preds)``) and a target of class indices ``(B, 1, ...)``
+    or one-hot ``(B, C, ...)``. A plain tensor (the eval-mode fused logits) is scored with ``L`` alone.
+    """
+
+    def __init__(
+        self,
+        loss: Optional[_Loss] = None,
+        deep_supervision: str = "aggregated",
+        side_weights: Optional[Sequence[float]] = SIDE_WEIGHTS_RELEASED,
+        weight_mode: str = "same",
+    ) -> None:
+        super().__init__()
+        self.index_targets = loss is None
+        self.loss = default_segmentation_loss() if loss is None else loss
+        if deep_supervision == "aggregated":
+            self.side_loss: Optional[_Loss] = AggregatedLoss(self.loss)
+        elif deep_supervision == "weighted":
+            weights = None if side_weights is None else list(side_weights)
+            self.side_loss = DeepSupervisionLoss(self.loss, weight_mode=weight_mode, weights=weights)
+        elif deep_supervision == "none":
+            self.side_loss = None
+        else:
+            raise ValueError(f'deep_supervision must be "aggregated", "weighted" or "none", got "{deep_supervision}".')
+        self.deep_supervision = deep_supervision
+
+    def forward(self, output: Union[Sequence, Tensor], target: Tensor) -> Tensor:
+        pred1 = output if isinstance(output, Tensor) else output[0]
+        target = self._check_target(pred1, target)
+        if isinstance(output, Tensor):
+            return self.loss(output, target)
+        total = self.loss(output[0], target) + self.loss(output[1], target)
+        if self.side_loss is not None:
+            total = total + self.side_loss(list(output[4]), target)
+        return total
+
+    def _check_target(self, pred: Tensor, target: Tensor) -> Tensor:
+        if target.shape[0] != pred.shape[0] or target.shape[2:] != pred.shape[2:]:
+            raise ValueError(
+                f"target shape {list(target.shape)} does not match the prediction {list(pred.shape)}: "
+                "expected the same batch size and spatial size."
+            )
+        if target.shape[1] not in (1, pred.shape[1]):
+            raise ValueError(
+                f"target has {target.shape[1]} channels; expected 1 (class indices) or {pred.shape[1]} (one-hot)."
+            )
+        if self.index_targets and target.shape[1] > 1:
+            target = target.argmax(dim=1, keepdim=True)
+        return target

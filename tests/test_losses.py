@@ -1,0 +1,125 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, DiceLoss
+from torch.nn.modules.loss import _Loss
+
+import mgrad.losses
+from mgrad.losses import AggregatedLoss, MGRADLoss
+from mgrad.losses.aggregated import subset_matrix
+from mgrad.networks import MGRADOutput
+
+
+def naive_aggregated(loss, maps, target):
+    total = 0.0
+    for r in range(1, len(maps) + 1):
+        for subset in itertools.combinations(range(len(maps)), r):
+            total = total + loss(sum(maps[i] for i in subset), target)
+    return total
+
+
+def test_losses_are_monai_style():
+    assert all(issubclass(getattr(mgrad.losses, name), _Loss) for name in mgrad.losses.__all__)
+
+
+def test_subset_matrix():
+    m = subset_matrix(3)
+    assert m.tolist() == [[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]]
+    assert subset_matrix(5).shape == (31, 5) and len({tuple(r) for r in subset_matrix(5).tolist()}) == 31
+
+
+def test_aggregated_loss_hand_computed():
+    def mse(x, t):
+        return ((x - t) ** 2).mean()
+
+    a, b, t = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, -1.0]]), torch.tensor([[0.0, 0.0]])
+    # subsets {a}: (1+4)/2, {b}: (9+1)/2, {a+b}: (16+1)/2
+    assert AggregatedLoss(mse)([a, b], t).item() == pytest.approx(2.5 + 5.0 + 8.5)
+    assert AggregatedLoss(mse, reduction="mean")([a, b], t).item() == pytest.approx(16.0 / 3)
+    assert AggregatedLoss(mse, reduction="none")([a, b], t).tolist() == pytest.approx([2.5, 5.0, 8.5])
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_aggregated_loss_equals_naive_loop(n):
+    torch.manual_seed(n)
+    loss = DiceCELoss(softmax=True, to_onehot_y=True, batch=True, lambda_dice=0.7, lambda_ce=0.3)
+    maps = [torch.randn(2, 4, 16, 16, requires_grad=True) for _ in range(n)]
+    target = torch.randint(0, 4, (2, 1, 16, 16))
+    fast, slow = AggregatedLoss(loss)(maps, target), naive_aggregated(loss, maps, target)
+    assert fast.item() == pytest.approx(slow.item(), abs=1e-5, rel=1e-6)
+    fast_grads = torch.autograd.grad(fast, maps)
+    slow_grads = torch.autograd.grad(slow, maps)
+    for f, s in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(f, s, rtol=1e-4, atol=1e-6)
+    stacked = AggregatedLoss(loss)(torch.stack(maps), target)
+    assert stacked.item() == pytest.approx(fast.item(), abs=1e-6)
+
+
+def test_aggregated_loss_errors():
+    with pytest.raises(ValueError, match="one shape"):
+        AggregatedLoss(DiceLoss())([torch.rand(1, 2, 8, 8), torch.rand(1, 2, 4, 4)], torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="at least one"):
+        AggregatedLoss(DiceLoss())([], torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="reduction"):
+        AggregatedLoss(DiceLoss(), reduction="max")
+
+
+def hand_dice_ce(logits, target):
+    """0.3 * CE + 0.7 * (1 - mean over classes of the batch-pooled soft Dice), smoothing 1e-5."""
+    ce = F.cross_entropy(logits, target[:, 0])
+    p = logits.softmax(1)
+    onehot = F.one_hot(target[:, 0], logits.shape[1]).movedim(-1, 1).float()
+    dims = [0] + list(range(2, logits.dim()))
+    dice = (2 * (p * onehot).sum(dims) + 1e-5) / (p.sum(dims) + onehot.sum(dims) + 1e-5)
+    return 0.3 * ce + 0.7 * (1 - dice).mean()
+
+
+def fake_output(n_side=5, shape=(2, 3, 16, 16), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p1, p2 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    sides = [torch.randn(shape, generator=g) for _ in range(n_side)]
+    return MGRADOutput(p1, p2, [], [], sides)
+
+
+def test_mgrad_loss_aggregated_default():
+    out, target = fake_output(), torch.randint(0, 3, (2, 1, 16, 16))
+    expected = (
+        hand_dice_ce(out.pred1, target)
+        + hand_dice_ce(out.pred2, target)
+        + naive_aggregated(hand_dice_ce, out.side_preds, target)
+    )
+    assert MGRADLoss()(out, target).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_mgrad_loss_weighted_and_none():
+    out, target = fake_output(), torch.randint(0, 3, (2, 1, 16, 16))
+    sup = hand_dice_ce(out.pred1, target) + hand_dice_ce(out.pred2, target)
+    weighted = sup + 0.7 * sum(hand_dice_ce(s, target) for s in out.side_preds)
+    assert MGRADLoss(deep_supervision="weighted")(out, target).item() == pytest.approx(weighted.item(), rel=1e-5)
+    custom = sup + sum(w * hand_dice_ce(s, target) for w, s in zip([1, 0.5, 0.25, 0.125, 0.0625], out.side_preds))
+    loss = MGRADLoss(deep_supervision="weighted", side_weights=None, weight_mode="exp")
+    assert loss(out, target).item() == pytest.approx(custom.item(), rel=1e-5)
+    assert MGRADLoss(deep_supervision="none")(out, target).item() == pytest.approx(sup.item(), rel=1e-5)
+
+
+def test_mgrad_loss_one_hot_target_and_plain_tensor():
+    out, target = fake_output(), torch.randint(0, 3, (2, 1, 16, 16))
+    onehot = F.one_hot(target[:, 0], 3).movedim(-1, 1).float()
+    loss = MGRADLoss()
+    assert loss(out, onehot).item() == pytest.approx(loss(out, target).item(), rel=1e-6)
+    assert loss(out.pred1, target).item() == pytest.approx(hand_dice_ce(out.pred1, target).item(), rel=1e-5)
+
+
+def test_mgrad_loss_custom_loss_and_errors():
+    out, target = fake_output(), torch.randint(0, 3, (2, 1, 16, 16))
+    dice = DiceLoss(softmax=True, to_onehot_y=True)
+    expected = dice(out.pred1, target) + dice(out.pred2, target) + naive_aggregated(dice, out.side_preds, target)
+    assert MGRADLoss(loss=dice)(out, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="does not match the prediction"):
+        MGRADLoss()(out, torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="expected 1 .class indices. or 3"):
+        MGRADLoss()(out, torch.zeros(2, 2, 16, 16))
+    with pytest.raises(ValueError, match="deep_supervision"):
+        MGRADLoss(deep_supervision="deep")

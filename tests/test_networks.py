@@ -1,0 +1,135 @@
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SliceInferer
+from monai.networks.utils import convert_to_torchscript
+from torch.utils.flop_counter import FlopCounterMode
+
+from mgrad.networks import MGRADOutput, MGRADUNet
+
+SMALL = {"features": (8, 16, 32), "rfb_channels": 8}
+
+
+def small_net(spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 3, **kwargs) -> MGRADUNet:
+    torch.manual_seed(0)
+    return MGRADUNet(spatial_dims, in_channels, out_channels, **{**SMALL, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "spatial_dims,shape,features",
+    [(2, (2, 1, 32, 48), (8, 16, 32)), (2, (1, 1, 64, 64), (4, 8, 16, 32, 64)), (3, (1, 1, 16, 8, 24), (4, 8, 16))],
+)
+def test_train_and_eval_shapes(spatial_dims, shape, features):
+    net = MGRADUNet(spatial_dims, 1, 3, features=features, rfb_channels=4)
+    levels = len(features)
+    out = net.train()(torch.rand(shape))
+    assert isinstance(out, MGRADOutput)
+    assert out.pred1.shape == out.pred2.shape == (shape[0], 3, *shape[2:])
+    assert len(out.features1) == len(out.features2) == len(out.side_preds) == levels
+    for i, (m, g) in enumerate(zip(out.features1, out.features2)):
+        expected = (shape[0], 4, *(s // 2**i for s in shape[2:]))
+        assert m.shape == g.shape == expected
+    assert all(s.shape == (shape[0], 3, *shape[2:]) for s in out.side_preds)
+    with torch.no_grad():
+        fused = net.eval()(torch.rand(shape))
+    assert isinstance(fused, torch.Tensor) and fused.shape == (shape[0], 3, *shape[2:])
+
+
+def test_eval_output_is_sum_of_decoders():
+    net = small_net().eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        fused = net(x)
+        net.training = True  # train-mode output, batch norm still on its running statistics
+        out = net(x)
+    torch.testing.assert_close(fused, out.pred1 + out.pred2)
+
+
+def test_released_model_size_and_flops():
+    with torch.device("meta"):
+        net = MGRADUNet(spatial_dims=2, in_channels=3, out_channels=9)
+        x = torch.empty(1, 3, 224, 224)
+    params = sum(p.numel() for p in net.parameters())
+    assert abs(params - 24_134_655) / 24_134_655 < 0.005
+    with FlopCounterMode(display=False) as counter:
+        net.train()(x)
+    assert abs(counter.get_total_flops() - 138.95e9) / 138.95e9 < 0.005
+
+
+def test_gradients_reach_every_parameter():
+    net = small_net()
+    out = net(torch.rand(2, 1, 32, 32))
+    loss = out.pred1.sum() + out.pred2.sum() + sum(s.sum() for s in out.side_preds)
+    loss.backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_feedback_changes_output_and_is_detached():
+    net = small_net(feedback_scale=1.0)
+    x = torch.rand(2, 1, 32, 32)
+    first = net(x)
+    feedback = net.feedback_from(first)
+    assert len(feedback) == 3 and all(not f.requires_grad for f in feedback)
+    torch.testing.assert_close(feedback[1], (first.features2[1] - first.features1[1]).detach())
+    second = net(x, feedback)
+    assert not torch.allclose(second.pred1, first.pred1)
+    # the second pass's loss sends no gradient into the first pass's graph
+    assert first.features1[0].grad_fn is not None
+    grads = torch.autograd.grad(second.pred1.sum(), [*first.features1, *first.features2], allow_unused=True)
+    assert all(g is None for g in grads)
+
+
+def test_feedback_scale():
+    net = small_net(feedback_scale=1e-3)
+    out = net(torch.rand(2, 1, 32, 32))
+    torch.testing.assert_close(net.feedback_from(out)[0], 1e-3 * (out.features2[0] - out.features1[0]).detach())
+
+
+def test_torchscript_export(tmp_path):
+    net = small_net()
+    x = torch.rand(1, 1, 32, 32)
+    scripted = convert_to_torchscript(net, tmp_path / "net.ts", verify=True, inputs=[x], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net.eval()(x), rtol=1e-4, atol=1e-5)
+    out = scripted.train()(torch.rand(2, 1, 32, 32))
+    assert out[0].shape == (2, 3, 32, 32) and len(scripted.feedback_from(out)) == 3
+
+
+def test_state_dict_round_trip():
+    a, b = small_net(), MGRADUNet(2, 1, 3, **SMALL)
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(a.eval()(x), b.eval()(x))
+
+
+def test_slice_inferer_over_volume():
+    net = small_net().eval()
+    volume = torch.rand(1, 1, 32, 32, 5)
+    with torch.no_grad():
+        out = SliceInferer(spatial_dim=2, roi_size=(32, 32), sw_batch_size=2)(volume, net)
+        expected = net(volume[..., 3])
+    assert out.shape == (1, 3, 32, 32, 5)
+    torch.testing.assert_close(out[..., 3], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bundle_style_construction():
+    parser = ConfigParser(
+        {"net": {"_target_": "mgrad.networks.MGRADUNet", "spatial_dims": 2, "in_channels": 2, "out_channels": 4}}
+    )
+    net = parser.get_parsed_content("net")
+    assert isinstance(net, MGRADUNet)
+    assert net.msd.pred.out_channels == 4 and net.encoder[0].conv1.conv.in_channels == 2
+
+
+def test_bad_sizes_raise_clear_errors():
+    net = small_net()
+    with pytest.raises(ValueError, match=r"multiple of 4.*\[30, 32\]"):
+        net(torch.rand(1, 1, 30, 32))
+    with pytest.raises(ValueError, match="spatial_dims=2"):
+        net(torch.rand(1, 1, 32, 32, 8))
+    with pytest.raises(ValueError, match="feedback must hold 3 maps"):
+        net(torch.rand(1, 1, 32, 32), [torch.zeros(1, 8, 32, 32)])
+    with pytest.raises(ValueError, match="at least 2 encoder stages"):
+        MGRADUNet(2, 1, 2, features=(8,))
