@@ -1,0 +1,141 @@
+"""MGRADTrainer: MONAI's SupervisedTrainer with MGRAD-UNet's gated feedback passes in each iteration."""
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+from torch import Tensor, nn
+
+__all__ = ["MGRADTrainer", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the step that produced it was not applied."""
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``/``DataParallel``/``torch.compile`` wrappers."""
+    while True:
+        inner = getattr(network, "module", None) or getattr(network, "_orig_mod", None)
+        if inner is None:
+            return network
+        network = inner
+
+
+class MGRADTrainer(SupervisedTrainer):
+    """A :class:`monai.engines.SupervisedTrainer` whose iteration runs ``feedback_passes`` passes over the batch.
+
+    Pass 1 runs without feedback; each later pass is fed the previous pass's detached decoder difference
+    (``network.feedback_from(output)``). As released, every pass computes its loss and takes its own optimizer
+    step (``step_per_pass=True``, 3 passes: 3 steps per batch); with ``step_per_pass=False`` the pass losses are
+    summed and the batch takes one step. All other arguments are ``SupervisedTrainer``'s, and every MONAI/ignite
+    handler works as with it. ``engine.state.output`` holds ``image``, ``label``, ``pred`` (the last pass's output,
+    detached) and ``loss`` (the mean over passes); ``engine.state.pass_losses`` holds each pass's loss.
+
+    Args:
+        feedback_passes: passes per batch (3 as released; 1 is plain supervised training).
+        step_per_pass: one optimizer step per pass (as released) or one per batch.
+        amp: mixed precision: float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU.
+        channels_last: run the network and its inputs in channels-last memory format (2D only).
+        grad_clip_norm: clip the gradients' global norm to this value before each step (``None``: no clipping).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        feedback_passes: int = 3,
+        step_per_pass: bool = True,
+        channels_last: bool = False,
+        grad_clip_norm: Optional[float] = None,
+        decollate: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if feedback_passes < 1:
+            raise ValueError(f"feedback_passes must be at least 1, got {feedback_passes}.")
+        if kwargs.get("accumulation_steps", 1) != 1:
+            raise ValueError(
+                "MGRADTrainer steps within each batch; gradient accumulation across batches is not supported."
+            )
+        super().__init__(*args, decollate=decollate, **kwargs)
+        self.feedback_passes = feedback_passes
+        self.step_per_pass = step_per_pass
+        self.channels_last = channels_last
+        self.grad_clip_norm = grad_clip_norm
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+
+    def _autocast(self, device: torch.device) -> torch.autocast:
+        if device.type == "cuda":
+            return torch.autocast("cuda", enabled=self.amp, **self.amp_kwargs)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _step(self, loss: Tensor) -> None:
+        scaler = self.scaler if self.amp and self.state.device.type == "cuda" else None
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if self.grad_clip_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _check_finite(self, loss: Tensor, pass_index: int) -> None:
+        if not torch.isfinite(loss).item():
+            raise NonFiniteLossError(
+                f"Loss is {loss.item()} at epoch {self.state.epoch}, iteration {self.state.iteration}, "
+                f"feedback pass {pass_index + 1}; training stopped before applying this step "
+                "(checkpoints already written are kept)."
+            )
+
+    def _iteration(self, engine: "MGRADTrainer", batchdata: Dict[str, Tensor]) -> Dict[str, Any]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        if engine.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        model = unwrap(engine.network)
+
+        feedback: Optional[List[Tensor]] = None
+        losses: List[Tensor] = []
+        output: Any = None
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        for k in range(engine.feedback_passes):
+            with engine._autocast(inputs.device):
+                output = engine.inferer(inputs, engine.network, *args, feedback=feedback, **kwargs)
+                engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+                loss = engine.loss_function(output, targets).mean()
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            engine._check_finite(loss, k)
+            losses.append(loss)
+            if k + 1 < engine.feedback_passes:
+                feedback = model.feedback_from(output)
+            if engine.step_per_pass:
+                engine._step(loss)
+                if k + 1 < engine.feedback_passes:
+                    engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if not engine.step_per_pass:
+            engine._step(torch.stack(losses).sum())
+
+        pass_losses = torch.stack([loss.detach() for loss in losses])
+        engine.state.output[Keys.PRED] = type(output)(*_detach(output)) if isinstance(output, tuple) else output
+        engine.state.output[Keys.LOSS] = pass_losses.mean()
+        engine.state.pass_losses = pass_losses
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+def _detach(output: tuple) -> list:
+    return [[t.detach() for t in x] if isinstance(x, list) else x.detach() for x in output]

@@ -1,0 +1,125 @@
+import math
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.handlers import StatsHandler, from_engine
+
+from mgrad.engines import MGRADTrainer, NonFiniteLossError
+from mgrad.losses import MGRADLoss
+from mgrad.networks import MGRADUNet
+
+
+def toy_batches(n: int = 4, size: int = 16, seed: int = 0) -> list:
+    """Bright squares on noise: class 1 inside the square, 0 elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        label = torch.zeros(2, 1, size, size, dtype=torch.long)
+        for b in range(2):
+            r, c = torch.randint(0, size // 2, (2,), generator=g).tolist()
+            label[b, 0, r : r + size // 2, c : c + size // 2] = 1
+        image = label.float() + 0.3 * torch.randn(label.shape, generator=g)
+        batches.append({"image": image, "label": label})
+    return batches
+
+
+class RecordingNet(MGRADUNet):
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        super().__init__(2, 1, 2, features=(4, 8, 16), rfb_channels=4)
+        self.calls: list = []
+
+    def forward(self, x, feedback=None):
+        self.calls.append(feedback)
+        return super().forward(x, feedback)
+
+
+def make_trainer(net, data, **kwargs) -> MGRADTrainer:
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    return MGRADTrainer(
+        device=torch.device("cpu"),
+        max_epochs=kwargs.pop("max_epochs", 1),
+        train_data_loader=data,
+        network=net,
+        optimizer=optimizer,
+        loss_function=MGRADLoss(),
+        **kwargs,
+    )
+
+
+class CountingOptimizer(torch.optim.SGD):
+    steps = 0
+
+    def step(self, closure=None):
+        CountingOptimizer.steps += 1
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("step_per_pass,steps", [(True, 3), (False, 1)])
+def test_passes_feedback_and_steps(step_per_pass, steps):
+    net = RecordingNet()
+    data = toy_batches(1)
+    CountingOptimizer.steps = 0
+    trainer = MGRADTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=CountingOptimizer(net.parameters(), lr=1e-3),
+        loss_function=MGRADLoss(),
+        step_per_pass=step_per_pass,
+    )
+    trainer.run()
+    assert len(net.calls) == 3 and net.calls[0] is None
+    assert all(len(f) == 3 and not any(t.requires_grad for t in f) for f in net.calls[1:])
+    assert CountingOptimizer.steps == steps
+    pass_losses, out = trainer.state.pass_losses, trainer.state.output[0]  # decollated, as SupervisedTrainer's
+    assert pass_losses.shape == (3,) and out["loss"] == pytest.approx(pass_losses.mean().item())
+    assert out["pred"][0].shape == (2, 16, 16) and not out["pred"][0].requires_grad
+
+
+def test_single_pass_is_plain_supervised_training():
+    net = RecordingNet()
+    make_trainer(net, toy_batches(2), feedback_passes=1).run()
+    assert net.calls == [None, None]
+
+
+def test_training_lowers_the_loss_with_handlers():
+    net = RecordingNet()
+    data = toy_batches(4)
+    trainer = make_trainer(
+        net,
+        data,
+        max_epochs=6,
+        train_handlers=[StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True))],
+    )
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output[0]["loss"]))
+    trainer.run()
+    assert sum(losses[-4:]) < 0.7 * sum(losses[:4])
+
+
+def test_bf16_autocast_and_channels_last_and_clipping():
+    net = RecordingNet()
+    trainer = make_trainer(net, toy_batches(1), amp=True, channels_last=True, grad_clip_norm=0.5)
+    trainer.run()
+    assert math.isfinite(trainer.state.output[0]["loss"])
+    assert net.encoder[0].conv1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_non_finite_loss_stops_before_the_step():
+    net = RecordingNet()
+    data = toy_batches(1)
+    data[0]["image"][0, 0, 0, 0] = float("nan")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="Loss is nan at epoch 1, iteration 1, feedback pass 1"):
+        make_trainer(net, data).run()
+    assert all(torch.equal(before[name], p) for name, p in net.named_parameters())
+
+
+def test_rejects_bad_options():
+    with pytest.raises(ValueError, match="feedback_passes"):
+        make_trainer(RecordingNet(), toy_batches(1), feedback_passes=0)
+    with pytest.raises(ValueError, match="accumulation"):
+        make_trainer(RecordingNet(), toy_batches(1), accumulation_steps=2)
