@@ -1,0 +1,91 @@
+"""Whole-volume evaluation that keeps going past a broken case and reports every failure at the end."""
+
+import logging
+from typing import Any, Dict, List
+
+from ignite.engine import Events
+from monai.data import Dataset
+from monai.engines import SupervisedEvaluator
+
+__all__ = ["ERROR_KEY", "TolerantDataset", "VolumeEvaluator", "CaseFailures", "raise_for_failures"]
+
+ERROR_KEY = "error"
+logger = logging.getLogger(__name__)
+
+
+def _case_name(item: Any) -> str:
+    if isinstance(item, dict):
+        item = item.get("image", item)
+    meta = getattr(item, "meta", None)
+    if meta is not None and "filename_or_obj" in meta:
+        item = meta["filename_or_obj"]
+    if isinstance(item, (list, tuple)) and len(item) == 1:
+        item = item[0]
+    return str(item)
+
+
+def _message(case: str, error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text if case in text else f"{case}: {text}"
+
+
+class TolerantDataset(Dataset):
+    """``monai.data.Dataset`` whose items that fail to load or transform become ``{"error": message}``.
+
+    The message names the file (the image path of the item) and the problem.
+    """
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a reported case
+            return {ERROR_KEY: _message(_case_name(self.data[index]), e)}
+
+
+class CaseFailures(RuntimeError):
+    """Some cases of a run failed; ``failures`` lists one message per case."""
+
+    def __init__(self, failures: List[str], total: int) -> None:
+        self.failures = failures
+        lines = "\n".join(f"  {f}" for f in failures)
+        super().__init__(f"{len(failures)} of {total} cases failed:\n{lines}")
+
+
+class VolumeEvaluator(SupervisedEvaluator):
+    """``SupervisedEvaluator`` over whole volumes that records a failing case and goes on with the next.
+
+    A case fails where its item holds ``"error"`` (see :class:`TolerantDataset`) or where inference or
+    postprocessing (e.g. inversion and saving) raises. ``engine.state.failures`` holds one message per failed case,
+    naming its file; they are logged together when the run completes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_event_handler(Events.STARTED, self._reset_failures)
+        self.add_event_handler(Events.COMPLETED, self._log_failures)
+
+    def _reset_failures(self, engine: "VolumeEvaluator") -> None:
+        engine.state.failures = []
+
+    def _log_failures(self, engine: "VolumeEvaluator") -> None:
+        if engine.state.failures:
+            logger.error(str(CaseFailures(engine.state.failures, engine.state.iteration)))
+
+    def _iteration(self, engine: "VolumeEvaluator", batchdata: Dict[str, Any]) -> Dict[str, Any]:
+        if ERROR_KEY in batchdata:
+            engine.state.failures.extend(batchdata[ERROR_KEY])
+            engine.state.output = {}
+            return {}
+        try:
+            return super()._iteration(engine, batchdata)
+        except Exception as e:  # noqa: BLE001 - the case is reported, the run goes on
+            engine.state.failures.append(_message(_case_name(batchdata), e))
+            engine.state.output = {}
+            return {}
+
+
+def raise_for_failures(evaluator: VolumeEvaluator) -> None:
+    """Raise :class:`CaseFailures` after a run in which any case failed (a non-zero exit for the CLI)."""
+    failures = getattr(evaluator.state, "failures", [])
+    if failures:
+        raise CaseFailures(failures, evaluator.state.iteration)

@@ -1,0 +1,39 @@
+"""Writing files so that a reader never sees half of one: a temporary name in the same folder, then a rename."""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+from monai.data import NibabelWriter
+
+__all__ = ["atomic_path", "AtomicNibabelWriter"]
+
+
+@contextmanager
+def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffixes); rename it to ``path`` if the block succeeds.
+
+    On failure the temporary file is removed and an existing ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` writing through :func:`atomic_path` (use as ``SaveImaged(writer=...)``)."""
+
+    def write(self, filename: Union[str, os.PathLike], verbose: bool = False, **obj_kwargs) -> None:
+        with atomic_path(filename) as tmp:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
