@@ -4,6 +4,7 @@ import os
 import time
 from typing import Any, Mapping, Optional
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
@@ -84,8 +85,9 @@ class ResumeCheckpointLoader(CheckpointLoader):
 class TimeBudget:
     """Ends training cleanly once ``seconds`` of wall-clock time are spent (``None``: no budget).
 
-    Checked after every iteration; when the budget is spent the trainer terminates and, if a ``validator`` is
-    given, runs it once more so that the best checkpoint also considers the final weights.
+    Checked after every iteration (in step across processes under torchrun); when the budget is spent the trainer
+    terminates and, if a ``validator`` is given, runs it once more so that the best checkpoint also considers the
+    final weights.
     """
 
     def __init__(self, seconds: Optional[float], validator: Optional[Engine] = None) -> None:
@@ -105,7 +107,10 @@ class TimeBudget:
         self.start = time.monotonic()
 
     def _check(self, engine: Engine) -> None:
-        if not self.spent and time.monotonic() - self.start >= self.seconds:
+        spent = time.monotonic() - self.start >= self.seconds
+        if idist.get_world_size() > 1:  # every process must stop at the same iteration
+            spent = bool(idist.all_reduce(int(spent), op="MAX"))
+        if not self.spent and spent:
             self.spent = True
             engine.logger.info(f"Time budget of {self.seconds:.0f} s spent at epoch {engine.state.epoch}; stopping.")
             engine.terminate()

@@ -1,0 +1,31 @@
+"""Datalists for every supported layout, npz/h5 readers, dataset presets, data checks and the synthetic phantom."""
+
+from mgrad.data.acdc import acdc_datalist, acdc_h5_datalist, split_patients
+from mgrad.data.datalist import SPLITS, decathlon_datalist, get_datalist, synthetic_datalist
+from mgrad.data.errors import DataError, MissingSplitError
+from mgrad.data.presets import BTCV_TO_SYNAPSE, DATASETS, dataset_info
+from mgrad.data.readers import H5Reader, NpzReader
+from mgrad.data.synapse import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, synapse_datalist, synapse_transunet_datalist
+from mgrad.data.synthetic import make_dataset
+
+__all__ = [
+    "BTCV_TO_SYNAPSE",
+    "DATASETS",
+    "SPLITS",
+    "SYNAPSE_TEST_CASES",
+    "SYNAPSE_TRAIN_CASES",
+    "DataError",
+    "H5Reader",
+    "MissingSplitError",
+    "NpzReader",
+    "acdc_datalist",
+    "acdc_h5_datalist",
+    "dataset_info",
+    "decathlon_datalist",
+    "get_datalist",
+    "make_dataset",
+    "split_patients",
+    "synapse_datalist",
+    "synapse_transunet_datalist",
+    "synthetic_datalist",
+]

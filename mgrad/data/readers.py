@@ -1,0 +1,82 @@
+"""MONAI image readers for TransUNet ``.npz`` slices and SSL4MIS/TransUNet ``.h5`` files.
+
+Both return arrays with the slice axis last, as NIfTI loads: a 2D slice ``(H, W)`` becomes ``(H, W, 1)`` and a
+volume stored ``(Z, H, W)`` becomes ``(H, W, Z)``. These files carry no geometry, so the affine is the identity.
+Each reader reads one named array (``key``), so use one reader per dict key, e.g.
+``LoadImaged("label", reader=H5Reader("label"))``, or :class:`mgrad.transforms.LoadVolumed`, which picks them by suffix.
+"""
+
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import h5py
+import numpy as np
+from monai.data import ImageReader
+from monai.data.utils import is_supported_format
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+PathLike = Union[str, Path]
+
+
+def to_volume(array: np.ndarray, name: str = "") -> np.ndarray:
+    """``(H, W)`` -> ``(H, W, 1)``; ``(Z, H, W)`` -> ``(H, W, Z)``; anything else is an error."""
+    if array.ndim == 2:
+        return array[..., None]
+    if array.ndim == 3:
+        return np.ascontiguousarray(np.moveaxis(array, 0, -1))
+    raise ValueError(f"{name}: expected a 2D (H, W) or 3D (Z, H, W) array, got shape {tuple(array.shape)}")
+
+
+class _ArrayFileReader(ImageReader):
+    """Shared part: one array per file, named ``key``, with the slice axis moved last."""
+
+    suffixes: Sequence[str] = ()
+
+    def __init__(self, key: str = "image") -> None:
+        super().__init__()
+        self.key = key
+
+    def verify_suffix(self, filename: Union[Sequence[PathLike], PathLike]) -> bool:
+        return is_supported_format(filename, self.suffixes)
+
+    def read(self, data: Union[Sequence[PathLike], PathLike], **kwargs: Any) -> Union[np.ndarray, list]:
+        arrays = [to_volume(self._read_array(str(name)), str(name)) for name in ensure_tuple(data)]
+        return arrays if len(arrays) > 1 else arrays[0]
+
+    def _read_array(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def get_data(self, img: Union[np.ndarray, list]) -> tuple:
+        arrays = [img] if isinstance(img, np.ndarray) else list(img)
+        meta = {
+            MetaKeys.AFFINE: np.eye(4),
+            MetaKeys.ORIGINAL_AFFINE: np.eye(4),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(arrays[0].shape),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan") if len(arrays) == 1 else 0,
+        }
+        return (arrays[0] if len(arrays) == 1 else np.stack(arrays)), meta
+
+
+class H5Reader(_ArrayFileReader):
+    """Reads dataset ``key`` of an HDF5 file (``.h5``, ``.hdf5``; SSL4MIS ACDC, TransUNet ``test_vol_h5``)."""
+
+    suffixes = ("h5", "hdf5")
+
+    def _read_array(self, name: str) -> np.ndarray:
+        with h5py.File(name, "r") as f:
+            if self.key not in f:
+                raise KeyError(f"{name}: no dataset '{self.key}' (has {sorted(f.keys())})")
+            return np.asarray(f[self.key][()])
+
+
+class NpzReader(_ArrayFileReader):
+    """Reads array ``key`` of a ``.npz`` file (TransUNet ``train_npz`` slices)."""
+
+    suffixes = ("npz",)
+
+    def _read_array(self, name: str) -> np.ndarray:
+        with np.load(name, allow_pickle=False) as f:
+            if self.key not in f.files:
+                raise KeyError(f"{name}: no array '{self.key}' (has {sorted(f.files)})")
+            return np.asarray(f[self.key])

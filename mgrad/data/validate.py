@@ -1,0 +1,84 @@
+"""Checks of one loaded case (channel-first arrays with their affines); each returns problems per file."""
+
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.utils import convert_to_numpy
+
+MAX_LABEL = 65535  # larger label values are reported without counting them
+
+
+def filename(x: torch.Tensor, default: str = "<array>") -> str:
+    """The ``filename_or_obj`` of a loaded MetaTensor."""
+    return str(x.meta.get("filename_or_obj", default)) if isinstance(x, MetaTensor) else default
+
+
+def image_problems(image: torch.Tensor, require_volume: bool = True) -> List[str]:
+    """Dimensionality of a channel-first ``(C, H, W, D)`` image and finiteness of its values."""
+    problems = []
+    shape = tuple(image.shape[1:])
+    if len(shape) != 3:
+        problems.append(f"{len(shape)}D image of shape {shape}, expected a 3D volume (H, W, D)")
+    elif require_volume and shape[-1] == 1:
+        problems.append(f"a single 2D slice (shape {shape}) where a 3D volume is expected")
+    values = convert_to_numpy(image)
+    if not np.isfinite(values).all():
+        problems.append(f"{int(np.isnan(values).sum())} NaN and {int(np.isinf(values).sum())} Inf intensities")
+    return problems
+
+
+def label_problems(
+    label: torch.Tensor, num_classes: Optional[int] = None, label_map: Optional[Mapping[int, int]] = None
+) -> List[str]:
+    """One channel, integer values, each in ``label_map`` (if given) or in ``0..num_classes-1`` (if given)."""
+    if label.shape[0] != 1:
+        return [f"label has {label.shape[0]} channels, expected 1"]
+    values = convert_to_numpy(label).ravel()
+    if not np.isfinite(values).all():
+        return ["NaN or Inf label values"]
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        return [f"non-integer label values (e.g. {fractional[0]:g}), expected class indices"]
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > MAX_LABEL:
+        return [f"label values in [{low}, {high}], expected 0..{num_classes - 1 if num_classes else MAX_LABEL}"]
+    present = np.flatnonzero(np.bincount(values.astype(np.int64)))
+    if label_map is not None:
+        bad = [int(v) for v in present if int(v) not in label_map]
+        return [f"label values {bad} not in the label map {sorted(label_map)}"] if bad else []
+    if num_classes is not None:
+        bad = [int(v) for v in present if v >= num_classes]
+        return [f"label values {bad} outside 0..{num_classes - 1}"] if bad else []
+    return []
+
+
+def pair_problems(image: torch.Tensor, label: torch.Tensor, atol: float = 1e-3) -> List[str]:
+    """Same spatial shape and (for MetaTensors) the same affine, within ``atol`` mm."""
+    if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+        return [f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])}"]
+    if isinstance(image, MetaTensor) and isinstance(label, MetaTensor):
+        a, b = convert_to_numpy(image.affine), convert_to_numpy(label.affine)
+        if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=atol):
+            return [f"label affine differs from the image affine (max difference {np.abs(a - b).max():.4g})"]
+    return []
+
+
+def case_problems(
+    image: Optional[torch.Tensor],
+    label: Optional[torch.Tensor],
+    num_classes: Optional[int] = None,
+    label_map: Optional[Mapping[int, int]] = None,
+    require_volume: bool = True,
+) -> Dict[str, List[str]]:
+    """All problems of one case, keyed by file; image/label pair checks are reported under the label file."""
+    problems: Dict[str, List[str]] = {}
+    if image is not None:
+        problems[filename(image, "<image>")] = image_problems(image, require_volume)
+    if label is not None:
+        found = label_problems(label, num_classes, label_map)
+        if image is not None:
+            found += pair_problems(image, label)
+        problems.setdefault(filename(label, "<label>"), []).extend(found)
+    return {f: p for f, p in problems.items() if p}

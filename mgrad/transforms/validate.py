@@ -1,0 +1,39 @@
+"""``ValidateCased``: fail early, naming the file, on a case the pipeline cannot use."""
+
+from typing import Any, Dict, Hashable, Mapping, Optional
+
+from monai.transforms import MapTransform
+
+from mgrad.data.errors import DataError
+from mgrad.data.validate import case_problems
+
+
+class ValidateCased(MapTransform):
+    """Checks a loaded channel-first case (see :func:`mgrad.data.validate.case_problems`); leaves it unchanged.
+
+    ``keys`` are ``(image_key,)`` or ``(image_key, label_key)``. Raises :class:`DataError` listing every problem with
+    its file. Place it after ``EnsureChannelFirstd`` and ``Orientationd`` and before any remapping (``label_map``
+    lists the raw values).
+    """
+
+    def __init__(
+        self,
+        keys: Any = ("image", "label"),
+        num_classes: Optional[int] = None,
+        label_map: Optional[Mapping[int, int]] = None,
+        require_volume: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.num_classes, self.label_map, self.require_volume = num_classes, label_map, require_volume
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        image_key = self.keys[0]
+        label_key = self.keys[1] if len(self.keys) > 1 else None
+        problems = case_problems(
+            d.get(image_key), d.get(label_key), self.num_classes, self.label_map, self.require_volume
+        )
+        if problems:
+            raise DataError(" | ".join(f"{f}: {'; '.join(p)}" for f, p in problems.items()))
+        return d
