@@ -121,5 +121,5 @@ def test_dataset_presets():
 
 def test_decathlon_info_from_json(synthetic_dir):  # noqa: F811
     info = dataset_info("decathlon", str(synthetic_dir))
-    assert info["num_classes"] == 6 and info["class_names"] == DATASETS["synthetic"]["class_names"]
+    assert info["num_classes"] == 9 and info["class_names"] == DATASETS["synthetic"]["class_names"]
     assert info["preset"] == "ct"

@@ -8,6 +8,7 @@ import numpy as np
 from data_fixtures import synthetic_dir  # noqa: F401
 
 from mgrad.data import DATASETS, make_dataset
+from mgrad.data.synthetic import AORTA, GALLBLADDER, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, PANCREAS, SPLEEN
 
 
 def _arrays(root, case=0):
@@ -32,8 +33,8 @@ def test_dataset_json(synthetic_dir):  # noqa: F811
     meta = json.loads((synthetic_dir / "dataset.json").read_text())
     assert len(meta["training"]) == 6 and len(meta["validation"]) == 2
     assert all(d["image"].startswith("./imagesTr/") and d["label"].startswith("./labelsTr/") for d in meta["training"])
-    assert [meta["labels"][str(i)] for i in range(1, 6)] == DATASETS["synthetic"]["class_names"]
-    assert DATASETS["synthetic"]["num_classes"] == len(meta["labels"]) == 6
+    assert [meta["labels"][str(i)] for i in range(1, 9)] == DATASETS["synthetic"]["class_names"]
+    assert DATASETS["synthetic"]["num_classes"] == len(meta["labels"]) == 9  # the Synapse organs and label values
 
 
 def test_geometry_is_anisotropic_and_oblique(synthetic_dir):  # noqa: F811
@@ -50,11 +51,11 @@ def test_structures_are_learnable_but_not_trivial(synthetic_dir):  # noqa: F811
     sizes = []
     for case in range(8):
         _, image, label = _arrays(synthetic_dir, case)
-        counts = np.bincount(label.ravel(), minlength=6)
+        counts = np.bincount(label.ravel(), minlength=9)
         assert (counts[1:] > 0).all()  # every structure in every case
         sizes.append(counts)
-        assert counts[1] == counts[1:].max() and counts[5] == counts[1:].min()  # liver largest, gallbladder smallest
-        assert counts[5] < 0.002 * label.size  # a small structure
+        assert counts[LIVER] == counts[1:].max() and counts[GALLBLADDER] == counts[1:].min()
+        assert counts[GALLBLADDER] < 0.002 * label.size  # a small structure
         empty = label.reshape(-1, label.shape[-1]).max(0) == 0
         assert 0 < empty.sum() < label.shape[-1] // 2  # some slices hold no structure
         assert -1024 <= image.min() and image.max() < 1000
@@ -67,7 +68,8 @@ def test_structures_are_learnable_but_not_trivial(synthetic_dir):  # noqa: F811
         return ((image[a] >= lo) & (image[a] <= hi)).mean()
 
     soft_tissue = (label == 0) & (image > -30)
-    assert overlap(label == 4, label == 1) > 0.5  # spleen vs liver
-    assert overlap(label == 3, label == 2) > 0.3  # aorta vs kidney
-    assert overlap(label == 5, soft_tissue) > 0.5  # gallbladder vs soft tissue
-    assert overlap(label == 1, label == 2) < 0.2  # but classes differ on average
+    assert overlap(label == SPLEEN, label == LIVER) > 0.5
+    assert overlap(label == PANCREAS, label == LIVER) > 0.3
+    assert overlap(label == AORTA, label == KIDNEY_LEFT) > 0.3
+    assert overlap(label == GALLBLADDER, soft_tissue) > 0.5
+    assert overlap(label == LIVER, label == KIDNEY_RIGHT) < 0.2  # but classes differ on average

@@ -20,11 +20,11 @@ def case(synthetic_dir):  # noqa: F811
 
 
 def test_volume_transforms_shape_orientation_affine(case):
-    out = volume_transforms("ct", 64, num_classes=6)(case)
+    out = volume_transforms("ct", 64, num_classes=9)(case)
     image, label = out["image"], out["label"]
     assert image.shape == label.shape == (1, 64, 64, 24) and image.dtype == torch.float32
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
-    assert set(torch.unique(label).tolist()) == {0, 1, 2, 3, 4, 5}
+    assert set(torch.unique(label).tolist()) == set(range(9))
     assert nib.aff2axcodes(image.affine.numpy()) == ("R", "A", "S")
     np.testing.assert_allclose(image.affine.numpy(), label.affine.numpy())
     src = nib.load(case["image"]).affine
@@ -38,7 +38,7 @@ def test_volume_transforms_shape_orientation_affine(case):
 
 @pytest.mark.parametrize("size", [96, 64])
 def test_invertd_round_trip_restores_geometry(case, size):
-    chain = volume_transforms("ct", size, num_classes=6)
+    chain = volume_transforms("ct", size, num_classes=9)
     out = chain(case)
     out["pred"] = out["label"].clone()
     back = Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=True)(out)["pred"]
@@ -75,13 +75,13 @@ def test_btcv_to_synapse_label_map(tmp_path):
 
 
 def test_train_transforms_samples(case):
-    samples = train_transforms("ct", 64, num_samples=5, pos_fraction=0.5, num_classes=6)(case)
+    samples = train_transforms("ct", 64, num_samples=5, pos_fraction=0.5, num_classes=9)(case)
     assert isinstance(samples, list) and len(samples) == 5
     for s in samples:
         assert (
             type(s["image"]) is torch.Tensor and s["image"].shape == (1, 64, 64) and s["image"].dtype == torch.float32
         )
-        assert s["label"].shape == (1, 64, 64) and set(torch.unique(s["label"]).tolist()) <= set(range(6))
+        assert s["label"].shape == (1, 64, 64) and set(torch.unique(s["label"]).tolist()) <= set(range(9))
         assert "fg_slices" not in s and 0 <= s["slice_index"] < 24
 
 
@@ -117,14 +117,14 @@ def test_slice_sampling_throughput(case, one_thread):  # noqa: F811
 
 
 def test_augmentation_keeps_labels_and_varies(case):
-    augmented = train_transforms("ct", 64, 16, 1.0, augment=True, num_classes=6)
+    augmented = train_transforms("ct", 64, 16, 1.0, augment=True, num_classes=9)
     augmented.set_random_state(1)
-    plain = train_transforms("ct", 64, 16, 1.0, augment=False, num_classes=6)
+    plain = train_transforms("ct", 64, 16, 1.0, augment=False, num_classes=9)
     plain.set_random_state(1)  # the same slices, unaugmented
     changed = 0
     for a, p in zip(augmented(case), plain(case)):
         assert a["slice_index"] == p["slice_index"] and a["image"].shape == (1, 64, 64)
-        assert set(torch.unique(a["label"]).tolist()) <= set(range(6))  # nearest: no new label values
+        assert set(torch.unique(a["label"]).tolist()) <= set(range(9))  # nearest: no new label values
         changed += not torch.equal(a["label"], p["label"])
     assert 8 <= changed <= 16  # ~75% of samples are rotated or flipped
 

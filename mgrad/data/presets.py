@@ -23,7 +23,6 @@ BTCV_TO_SYNAPSE: Dict[int, int] = {
 }
 SYNAPSE_CLASSES = ["aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach"]
 ACDC_CLASSES = ["rv", "myo", "lv"]
-SYNTHETIC_CLASSES = ["liver", "kidney", "aorta", "spleen", "gallbladder"]
 
 # preset: intensity preset of mgrad.transforms ("ct", "mri", "none"); label_map: raw label -> class index or None;
 # num_classes and class_names: background included in num_classes, not in class_names;
@@ -32,8 +31,8 @@ DATASETS: Dict[str, Dict[str, Any]] = {
     "synthetic": {
         "preset": "ct",
         "label_map": None,
-        "num_classes": len(SYNTHETIC_CLASSES) + 1,
-        "class_names": SYNTHETIC_CLASSES,
+        "num_classes": 9,
+        "class_names": SYNAPSE_CLASSES,
         "training_slices": False,
     },
     "synapse": {
