@@ -31,8 +31,14 @@ def bundle_configs(bundle_root: Union[str, Path], names: Sequence[str]) -> List[
 def run_config(
     names: Sequence[str], bundle_root: Optional[Union[str, Path]] = None, run_id: str = "run", **overrides: Any
 ) -> Any:
-    """``monai.bundle.run(run_id)`` on the bundle's ``configs/<name>.json`` files merged in order, with overrides."""
+    """``monai.bundle.run(run_id)`` on the bundle's ``configs/<name>.json`` files merged in order, with overrides.
+
+    A plain ``device`` such as ``"cpu"`` or ``"cuda:1"`` becomes the ``torch.device`` the configs expect.
+    """
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
+    device = overrides.get("device")
+    if isinstance(device, str) and not device.startswith("$"):
+        overrides["device"] = f"$torch.device('{device}')"
     configs = bundle_configs(root, names)
     return run_bundle(
         run_id,
@@ -51,8 +57,6 @@ def train(bundle_root: Optional[str] = None, multi_gpu: bool = False, **override
     --time_budget 1800 --device cpu``. The best model goes to ``<bundle_root>/models/model.pt``.
     """
     names = ["train", "multi_gpu_train"] if multi_gpu else ["train"]
-    if "device" in overrides and isinstance(overrides["device"], str):
-        overrides["device"] = f"$torch.device('{overrides['device']}')"
     run_config(names, bundle_root, **overrides)
 
 
@@ -70,8 +74,6 @@ def infer(
         overrides["dataset_name"] = overrides.pop("dataset")
     if ckpt_path is not None:
         overrides["ckpt_path"] = ckpt_path
-    if "device" in overrides and isinstance(overrides["device"], str):
-        overrides["device"] = f"$torch.device('{overrides['device']}')"
     try:
         run_config(["inference"], bundle_root, dataset_dir=input, output_dir=output_dir, **overrides)
     except CaseFailures as e:

@@ -140,8 +140,6 @@ def _evaluate_dataset(
 
     root = Path(bundle_root) if bundle_root else default_bundle_root()
     out = Path(output_dir) if output_dir else root / "eval"
-    if "device" in overrides and isinstance(overrides["device"], str):
-        overrides["device"] = f"$torch.device('{overrides['device']}')"
     try:
         run_config(
             ["inference", "evaluate"],

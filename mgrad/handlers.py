@@ -123,20 +123,17 @@ class TimeBudget:
 class ModelLoader(CheckpointLoader):
     """``monai.handlers.CheckpointLoader`` for trained weights, with errors that say what is wrong.
 
-    A missing file fails when the handler is attached (before any case is processed); a checkpoint whose tensors
-    do not fit the network (e.g. trained for another ``out_channels`` or other widths) fails naming the file and the
-    first mismatching tensors, instead of a bare ``load_state_dict`` error.
+    Loads when the engine starts, before any case is processed. A missing file, or a checkpoint whose tensors do
+    not fit the network (e.g. trained for another ``out_channels`` or other widths), fails naming the file and the
+    problem (the first mismatching tensors) instead of a bare ``torch.load``/``load_state_dict`` error.
     """
 
-    def attach(self, engine: Engine) -> None:
+    def __call__(self, engine: Engine) -> None:
         if not os.path.isfile(self.load_path):
             raise FileNotFoundError(
                 f"checkpoint {self.load_path} not found: train the bundle first (it writes models/model.pt) "
                 "or point ckpt_path at a trained model."
             )
-        super().attach(engine)
-
-    def __call__(self, engine: Engine) -> None:
         try:
             checkpoint = torch.load(self.load_path, map_location="cpu", weights_only=True)
         except Exception as e:

@@ -7,6 +7,7 @@ from mgrad.data.presets import BTCV_TO_SYNAPSE, DATASETS, dataset_info
 from mgrad.data.readers import H5Reader, NpzReader
 from mgrad.data.synapse import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, synapse_datalist, synapse_transunet_datalist
 from mgrad.data.synthetic import make_dataset
+from mgrad.data.volumes import VOLUME_SUFFIXES, volume_datalist
 
 __all__ = [
     "BTCV_TO_SYNAPSE",
@@ -28,4 +29,6 @@ __all__ = [
     "synapse_datalist",
     "synapse_transunet_datalist",
     "synthetic_datalist",
+    "volume_datalist",
+    "VOLUME_SUFFIXES",
 ]

@@ -12,13 +12,15 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5", ".npz", ".nrrd", ".mha", "
 def volume_datalist(path: Union[str, Path]) -> List[Dict[str, str]]:
     """``[{"image": file}, ...]`` for every volume file in folder ``path`` (sorted), or the items of a datalist.
 
-    A datalist is a decathlon-style ``.json`` file: its ``test`` list (or else ``validation``, else ``training``),
+    A datalist is a decathlon-style ``.json`` file, or a folder holding one as ``dataset.json``; its ``test`` list (or else ``validation``, else ``training``),
     whose entries are file names or ``{"image": ...}`` dicts, relative to the json's folder. Raises
     :class:`DataError` naming ``path`` where it is missing or holds no volume.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder of volumes")
+    if path.is_dir() and (path / "dataset.json").is_file():
+        path = path / "dataset.json"
     if path.is_dir():
         files = sorted(str(f) for f in path.iterdir() if f.is_file() and f.name.lower().endswith(VOLUME_SUFFIXES))
         items = [{"image": f} for f in files]

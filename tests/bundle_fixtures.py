@@ -1,0 +1,80 @@
+"""Fixtures for the bundle tests: a copy of the bundle, a small phantom dataset and a tiny size preset."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mgrad.data.synthetic import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+# a size preset small enough for CI: trains in seconds on two cores
+TINY = {
+    "features": [8, 16, 32, 64, 128],
+    "rfb_channels": 8,
+    "spatial_size": 48,
+    "batch_size": 8,
+    "learning_rate": 0.003,
+}
+
+
+def tiny_overrides(bundle_root: Path, dataset_dir: Path, **extra) -> dict:
+    return {
+        "bundle_root": str(bundle_root),
+        "dataset_dir": str(dataset_dir),
+        "size": dict(TINY),
+        "device": "$torch.device('cpu')",
+        **extra,
+    }
+
+
+def cli_args(overrides: dict) -> list:
+    """``--key value`` arguments for ``python -m monai.bundle run``."""
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return args
+
+
+def run_cli(args: list, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kwargs
+    )
+
+
+def copy_bundle(dest: Path) -> Path:
+    """The repository's bundle (configs, docs, LICENSE) without trained models or data."""
+    shutil.copytree(REPO / "bundle", dest, ignore=shutil.ignore_patterns("models", "data", "eval", "logs"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six small phantom volumes (48x48x12, non-identity affines, anisotropic spacing): 5 training, 1 validation."""
+    out = tmp_path_factory.mktemp("phantom")
+    make_dataset(str(out), num_cases=6, shape=(48, 48, 12), spacing=(1.6, 1.6, 5.0))
+    meta = json.loads((out / "dataset.json").read_text())
+    meta["validation"] = meta["validation"] + meta["training"][:1]  # two validation volumes, for two DDP ranks
+    (out / "dataset.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path) -> Path:
+    """A bundle copy trained for a few epochs on the phantom with the tiny preset (``models/model.pt``)."""
+    from monai.bundle import run
+
+    root = copy_bundle(tmp_path_factory.mktemp("trained") / "bundle")
+    run(
+        "training",
+        config_file=str(root / "configs" / "train.json"),
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"),
+        **tiny_overrides(root, phantom_dir, epochs=8, val_interval=2),
+    )
+    return root
