@@ -12,9 +12,9 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5", ".npz", ".nrrd", ".mha", "
 def volume_datalist(path: Union[str, Path]) -> List[Dict[str, str]]:
     """``[{"image": file}, ...]`` for every volume file in folder ``path`` (sorted), or the items of a datalist.
 
-    A datalist is a decathlon-style ``.json`` file, or a folder holding one as ``dataset.json``; its ``test`` list (or else ``validation``, else ``training``),
-    whose entries are file names or ``{"image": ...}`` dicts, relative to the json's folder. Raises
-    :class:`DataError` naming ``path`` where it is missing or holds no volume.
+    A datalist is a decathlon-style ``.json`` file, or a folder holding one as ``dataset.json``; its ``test`` list
+    (or else ``validation``, else ``training``) is used, whose entries are file names or ``{"image": ...}`` dicts,
+    relative to the json's folder. Raises :class:`DataError` naming ``path`` where it is missing or holds no volume.
     """
     path = Path(path)
     if not path.exists():
