@@ -8,7 +8,7 @@ from monai.bundle import run as run_bundle
 
 from mgrad.engines.evaluator import CaseFailures
 
-__all__ = ["default_bundle_root", "bundle_configs", "run_config", "train", "infer"]
+__all__ = ["default_bundle_root", "bundle_configs", "config_names", "run_config", "train", "infer"]
 
 
 def default_bundle_root() -> Path:
@@ -50,32 +50,48 @@ def run_config(
     )
 
 
-def train(bundle_root: Optional[str] = None, multi_gpu: bool = False, **overrides: Any) -> None:
+def train(
+    bundle_root: Optional[str] = None, multi_gpu: bool = False, configs: Sequence[str] = (), **overrides: Any
+) -> None:
     """Train MGRAD-UNet with the bundle's ``train.json`` (plus ``multi_gpu_train.json`` under torchrun).
 
     Any bundle id can be overridden, e.g. ``--dataset acdc_h5 --dataset_dir DIR --epochs 50 --preset paper
-    --time_budget 1800 --device cpu``. The best model goes to ``<bundle_root>/models/model.pt``.
+    --time_budget 1800 --device cpu``; ``--configs NAME`` layers more of the bundle's configs on top (e.g.
+    ``baseline_basicunet``: MONAI's BasicUNet through the identical pipeline). The best model goes to
+    ``<bundle_root>/models/model.pt``.
     """
-    names = ["train", "multi_gpu_train"] if multi_gpu else ["train"]
+    names = ["train", *config_names(configs), *(["multi_gpu_train"] if multi_gpu else [])]
     run_config(names, bundle_root, **overrides)
 
 
+def config_names(configs: Union[str, Sequence[str]]) -> List[str]:
+    """A config name or a list of them (fire passes one ``--configs NAME`` as a string)."""
+    return [configs] if isinstance(configs, str) else list(configs)
+
+
 def infer(
-    input: str, output_dir: str, bundle_root: Optional[str] = None, ckpt_path: Optional[str] = None, **overrides: Any
+    input: str,
+    output_dir: str,
+    bundle_root: Optional[str] = None,
+    ckpt_path: Optional[str] = None,
+    configs: Sequence[str] = (),
+    **overrides: Any,
 ) -> None:
     """Segment every volume in folder ``input`` (or a datalist ``.json``); write NIfTI predictions to ``output_dir``.
 
     Predictions have each input's shape, affine and orientation. ``ckpt_path`` defaults to the bundle's
     ``models/model.pt``; other bundle ids (``--dataset``, ``--preset``, ``--fast false``) can be overridden.
     A case that fails is reported and the others are still processed; the exit status is 1 if any failed.
-    ``--dataset NAME`` picks the preprocessing and classes of a dataset (the config's ``dataset_name``).
+    ``--dataset NAME`` picks the preprocessing and classes of a dataset (the config's ``dataset_name``);
+    ``--configs NAME`` layers more of the bundle's configs on top, as for :func:`train`.
     """
     if "dataset" in overrides:
         overrides["dataset_name"] = overrides.pop("dataset")
     if ckpt_path is not None:
         overrides["ckpt_path"] = ckpt_path
     try:
-        run_config(["inference"], bundle_root, dataset_dir=input, output_dir=output_dir, **overrides)
+        names = ["inference", *config_names(configs)]
+        run_config(names, bundle_root, dataset_dir=input, output_dir=output_dir, **overrides)
     except CaseFailures as e:
         print(e)
         raise SystemExit(1) from None

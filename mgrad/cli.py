@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import fire
 
+from mgrad.errors import root_cause
+
 # command name -> "module:function"
 COMMANDS: Dict[str, str] = {
     "demo": "mgrad.demo:demo",
@@ -34,12 +36,6 @@ def _load(target: str) -> Callable[..., Any]:
     return command
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     """Run one command; an error ends it with its root cause in one line (``MGRAD_DEBUG=1``: the traceback)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -49,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         except Exception as e:
             if os.environ.get("MGRAD_DEBUG"):
                 raise
-            cause = _root_cause(e)
+            cause = root_cause(e)
             raise SystemExit(f"mgrad {argv[0]}: {type(cause).__name__}: {cause}") from None
     else:
         listing = "\n".join(f"  {name}" for name in COMMANDS)

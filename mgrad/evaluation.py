@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 from monai.transforms import Compose, EnsureChannelFirstd, Orientationd
 
 from mgrad import metrics
 from mgrad.transforms import LoadVolumed
+from mgrad.visualize import overlay_figure
 
 __all__ = ["evaluate", "score_datalist", "prediction_path"]
 
@@ -37,13 +39,12 @@ def _case_name(item: Mapping[str, Any]) -> str:
     return str(item.get("case") or prediction_path(item["image"], ".").name[: -len("_seg.nii.gz")])
 
 
-def _load(pred_file: Path, label_file: str, label_map: Optional[Mapping[int, int]]):
-    """Prediction and label as arrays on one RAS grid, and the label's voxel spacing; grids must agree."""
-    loader = Compose(
-        [LoadVolumed(["pred", "label"]), EnsureChannelFirstd(["pred", "label"]), Orientationd(["pred", "label"], "RAS")]
-    )
-    data = loader({"pred": str(pred_file), "label": str(label_file)})
-    pred, label = data["pred"], data["label"]
+def _load(item: Mapping[str, Any], pred_file: Path, label_map: Optional[Mapping[int, int]]):
+    """Image, prediction and label as arrays on one RAS grid, and the label's voxel spacing; grids must agree."""
+    keys = ["image", "pred", "label"]
+    loader = Compose([LoadVolumed(keys), EnsureChannelFirstd(keys), Orientationd(keys, "RAS")])
+    data = loader({"image": item["image"], "pred": str(pred_file), "label": item["label"]})
+    image, pred, label, label_file = data["image"], data["pred"], data["label"], item["label"]
     if pred.shape != label.shape:
         raise ValueError(
             f"prediction {pred_file} {list(pred.shape[1:])} and label {label_file} {list(label.shape[1:])} "
@@ -58,7 +59,12 @@ def _load(pred_file: Path, label_file: str, label_map: Optional[Mapping[int, int
         for raw, cls in label_map.items():
             lut[raw] = cls
         label = lut[label]
-    return pred.numpy()[0].round().astype(np.int64), label, spacing
+    return image.numpy()[0], pred.numpy()[0].round().astype(np.int64), label, spacing
+
+
+def _on_gpu(volume: np.ndarray):
+    """On CUDA the metrics run on GPU tensors (mgrad.metrics picks its GPU path for them); else the array."""
+    return torch.as_tensor(volume, device="cuda") if torch.cuda.is_available() else volume
 
 
 def score_datalist(
@@ -70,13 +76,17 @@ def score_datalist(
     protocol: str = "default",
     output_dir: Optional[str] = None,
     postfix: str = "seg",
+    figures: bool = True,
 ) -> Dict[str, Any]:
     """Score the predictions in ``pred_dir`` of the datalist ``items`` (``{"image", "label"}``) against their labels.
 
     Both are compared on one RAS grid (a label stored in another orientation than its image still lines up); the
-    spacing comes from the label. A case whose prediction is missing or does not fit is reported as an error; the
-    others are still scored. With ``output_dir`` the report is written there; prints the table; returns the summary.
+    spacing comes from the label; on CUDA the metrics run on the GPU. A case whose prediction is missing or does not
+    fit is reported as an error; the others are still scored. With ``output_dir`` the report is written there, and
+    with ``figures`` a PNG per case (slices with ground truth and prediction overlaid) under ``output_dir/figures``.
+    Prints the table; returns the summary.
     """
+    names = list(class_names) if class_names else [str(c) for c in range(1, num_classes)]
     cases: Dict[str, Any] = {}
     errors: Dict[str, str] = {}
     for item in items:
@@ -85,8 +95,11 @@ def score_datalist(
         try:
             if not pred_file.is_file():
                 raise FileNotFoundError(f"no prediction {pred_file} for {item['image']}")
-            pred, label, spacing = _load(pred_file, item["label"], label_map)
-            cases[case] = metrics.case_metrics(pred, label, num_classes, spacing, protocol)
+            image, pred, label, spacing = _load(item, pred_file, label_map)
+            cases[case] = metrics.case_metrics(_on_gpu(pred), _on_gpu(label), num_classes, spacing, protocol)
+            if output_dir is not None and figures:
+                path = Path(output_dir) / "figures" / f"{case}.png"
+                overlay_figure(image, label, pred, path, names, title=f"{case}: ground truth and prediction")
         except Exception as e:  # noqa: BLE001 - one bad case is reported, the others are scored
             errors[case] = str(e)
     summary = metrics.summarize(cases, class_names, protocol, errors)
@@ -107,20 +120,22 @@ def evaluate(
     dataset_dir: Optional[str] = None,
     split: str = "validation",
     bundle_root: Optional[str] = None,
+    configs: Sequence[str] = (),
     **overrides: Any,
 ) -> Dict[str, Any]:
     """Per-case, per-organ Dice, HD95, IoU and ASD in 3D; see the module docstring for the two ways in.
 
     ``protocol="transunet"`` reproduces the published evaluation rules (HD95 in voxels, the 1/0 rule for empty
     cases); the default reports empty cases explicitly. Other options (``--preset``, ``--ckpt_path``,
-    ``--device``) go to the bundle. Exits with status 1 if any case failed.
+    ``--device``) go to the bundle; ``--configs NAME`` layers more of its configs on top (e.g. ``baseline_basicunet``).
+    Exits with status 1 if any case failed.
     """
     if dataset is None:
         if pred_dir is None or label_dir is None or num_classes is None:
             raise SystemExit("evaluate needs --pred_dir, --label_dir and --num_classes, or --dataset and --dataset_dir")
         summary = metrics.evaluate(pred_dir, label_dir, num_classes, class_names, protocol, output_dir)
     else:
-        summary = _evaluate_dataset(dataset, dataset_dir, split, protocol, output_dir, bundle_root, overrides)
+        summary = _evaluate_dataset(dataset, dataset_dir, split, protocol, output_dir, bundle_root, configs, overrides)
     if summary.get("errors"):
         raise SystemExit(1)
     return summary
@@ -133,16 +148,17 @@ def _evaluate_dataset(
     protocol: str,
     output_dir: Optional[str],
     bundle_root: Optional[str],
+    configs: Sequence[str],
     overrides: Dict[str, Any],
 ) -> Dict[str, Any]:
-    from mgrad.bundle import default_bundle_root, run_config
+    from mgrad.bundle import config_names, default_bundle_root, run_config
     from mgrad.engines.evaluator import CaseFailures
 
     root = Path(bundle_root) if bundle_root else default_bundle_root()
     out = Path(output_dir) if output_dir else root / "eval"
     try:
         run_config(
-            ["inference", "evaluate"],
+            ["inference", "evaluate", *config_names(configs)],
             root,
             dataset_name=dataset,
             dataset_dir=dataset_dir,

@@ -40,11 +40,9 @@ def cli_args(overrides: dict) -> list:
     return args
 
 
-def run_cli(args: list, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(args: list, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kwargs
-    )
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
 def copy_bundle(dest: Path) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from data_fixtures import synthetic_dir, write_h5  # noqa: F401
+from data_fixtures import write_h5
 
 from mgrad.data.check import check_data
 from mgrad.data.errors import DataError
@@ -115,7 +115,7 @@ def test_corrupt_h5_and_empty_datalist(tmp_path, capsys):
     assert "'validation' datalist is empty" in out
 
 
-def test_check_data_passes_clean_synthetic_and_dataset_folder(synthetic_dir, tmp_path, capsys):  # noqa: F811
+def test_check_data_passes_clean_synthetic_and_dataset_folder(synthetic_dir, tmp_path, capsys):
     report = check_data(str(synthetic_dir))
     assert report["cases"] == 8 and report["broken"] == 0
     assert "0 broken" in capsys.readouterr().out

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from data_fixtures import acdc_h5_dir, synthetic_dir, write_h5  # noqa: F401
+from data_fixtures import write_h5
 
 from mgrad.data import (
     DATASETS,
@@ -62,7 +62,7 @@ def test_acdc_nifti_patient_split(tmp_path):
     assert get_datalist("acdc", str(tmp_path), "test", seed=1) != splits["test"]
 
 
-def test_acdc_h5_real_lists(acdc_h5_dir):  # noqa: F811
+def test_acdc_h5_real_lists(acdc_h5_dir):
     train = get_datalist("acdc_h5", str(acdc_h5_dir), "training")
     val = get_datalist("acdc_h5", str(acdc_h5_dir), "validation")
     assert len(train) == 1312 and len(val) == 20
@@ -80,7 +80,7 @@ def test_acdc_h5_from_train_list(tmp_path):
     assert len(get_datalist("acdc_h5", str(tmp_path), "training")) == 2
 
 
-def test_decathlon_and_synthetic(synthetic_dir, tmp_path):  # noqa: F811
+def test_decathlon_and_synthetic(synthetic_dir, tmp_path):
     train = get_datalist("decathlon", str(synthetic_dir / "dataset.json"), "training")
     assert len(train) == 6 and all(d["image"].startswith(str(synthetic_dir)) for d in train)
     assert get_datalist("synthetic", str(synthetic_dir), "validation") == get_datalist(
@@ -92,7 +92,7 @@ def test_decathlon_and_synthetic(synthetic_dir, tmp_path):  # noqa: F811
     assert len(items) == 6
 
 
-def test_bad_datalist_requests(tmp_path, synthetic_dir):  # noqa: F811
+def test_bad_datalist_requests(tmp_path, synthetic_dir):
     with pytest.raises(ValueError, match="unknown dataset"):
         get_datalist("brats", str(tmp_path), "training")
     with pytest.raises(ValueError, match="unknown split"):
@@ -119,7 +119,7 @@ def test_dataset_presets():
         assert set(info) == {"preset", "label_map", "num_classes", "class_names", "training_slices"}, name
 
 
-def test_decathlon_info_from_json(synthetic_dir):  # noqa: F811
+def test_decathlon_info_from_json(synthetic_dir):
     info = dataset_info("decathlon", str(synthetic_dir))
     assert info["num_classes"] == 9 and info["class_names"] == DATASETS["synthetic"]["class_names"]
     assert info["preset"] == "ct"

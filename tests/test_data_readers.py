@@ -3,7 +3,7 @@
 import h5py
 import numpy as np
 import pytest
-from data_fixtures import acdc_h5_dir, write_h5  # noqa: F401
+from data_fixtures import write_h5
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from mgrad.data import H5Reader, NpzReader
@@ -46,7 +46,7 @@ def test_missing_array_names_file_and_key(tmp_path):
         H5Reader("label").read(str(path))
 
 
-def test_real_acdc_h5_volume_and_slice(acdc_h5_dir):  # noqa: F811
+def test_real_acdc_h5_volume_and_slice(acdc_h5_dir):
     vol = acdc_h5_dir / "volumes" / "patient002_frame01.h5"
     with h5py.File(vol) as f:
         raw_image, raw_label = f["image"][()], f["label"][()]

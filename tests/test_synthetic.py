@@ -5,7 +5,6 @@ import time
 
 import nibabel as nib
 import numpy as np
-from data_fixtures import synthetic_dir  # noqa: F401
 
 from mgrad.data import DATASETS, make_dataset
 from mgrad.data.synthetic import AORTA, GALLBLADDER, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, PANCREAS, SPLEEN
@@ -29,7 +28,7 @@ def test_deterministic_by_seed(tmp_path):
     assert not np.array_equal(a[1], c[1]) and not np.allclose(a[0].affine, c[0].affine)
 
 
-def test_dataset_json(synthetic_dir):  # noqa: F811
+def test_dataset_json(synthetic_dir):
     meta = json.loads((synthetic_dir / "dataset.json").read_text())
     assert len(meta["training"]) == 6 and len(meta["validation"]) == 2
     assert all(d["image"].startswith("./imagesTr/") and d["label"].startswith("./labelsTr/") for d in meta["training"])
@@ -37,7 +36,7 @@ def test_dataset_json(synthetic_dir):  # noqa: F811
     assert DATASETS["synthetic"]["num_classes"] == len(meta["labels"]) == 9  # the Synapse organs and label values
 
 
-def test_geometry_is_anisotropic_and_oblique(synthetic_dir):  # noqa: F811
+def test_geometry_is_anisotropic_and_oblique(synthetic_dir):
     img, image, label = _arrays(synthetic_dir)
     assert image.shape == label.shape == (96, 96, 24) and image.dtype == np.int16 and label.dtype == np.uint8
     np.testing.assert_allclose(img.header.get_zooms(), (0.8, 0.8, 2.5), rtol=1e-5)
@@ -47,7 +46,7 @@ def test_geometry_is_anisotropic_and_oblique(synthetic_dir):  # noqa: F811
     assert np.abs(img.affine[:3, 3]).min() > 10  # origin offset
 
 
-def test_structures_are_learnable_but_not_trivial(synthetic_dir):  # noqa: F811
+def test_structures_are_learnable_but_not_trivial(synthetic_dir):
     sizes = []
     for case in range(8):
         _, image, label = _arrays(synthetic_dir, case)

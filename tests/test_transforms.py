@@ -6,7 +6,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from data_fixtures import acdc_h5_dir, one_thread, synthetic_dir, totalseg_dir  # noqa: F401
 from monai.data import CacheDataset
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, MapLabelValued, Orientationd
 
@@ -15,7 +14,7 @@ from mgrad.transforms import LoadVolumed, RandSliceSamplerd, intensity_transform
 
 
 @pytest.fixture
-def case(synthetic_dir):  # noqa: F811
+def case(synthetic_dir):
     return get_datalist("synthetic", str(synthetic_dir), "validation")[0]
 
 
@@ -86,7 +85,7 @@ def test_train_transforms_samples(case):
 
 
 @pytest.mark.parametrize("pos_fraction", [0.0, 0.5, 0.9])
-def test_foreground_share_of_sampled_slices(synthetic_dir, pos_fraction):  # noqa: F811
+def test_foreground_share_of_sampled_slices(synthetic_dir, pos_fraction):
     items = get_datalist("synthetic", str(synthetic_dir), "training")
     chain = train_transforms("ct", 48, 16, pos_fraction, augment=False)
     chain.set_random_state(0)
@@ -106,7 +105,7 @@ def test_uniform_sampling_and_single_slice_volume():
     assert [s["image"].shape for s in one] == [(2, 4, 4)] * 3  # a 2D slice file, no foreground: falls back
 
 
-def test_slice_sampling_throughput(case, one_thread):  # noqa: F811
+def test_slice_sampling_throughput(case, one_thread):
     """Generous floors (precise numbers: benchmarks/bench_data.py); the model takes ~0.05 s a 96x96 slice."""
     for augment, floor in ((False, 1000), (True, 200)):
         ds = CacheDataset([case], train_transforms("ct", 96, 8, 0.8, augment=augment), progress=False, copy_cache=False)
@@ -129,7 +128,7 @@ def test_augmentation_keeps_labels_and_varies(case):
     assert 8 <= changed <= 16  # ~75% of samples are rotated or flipped
 
 
-def test_real_acdc_h5_slices_and_volumes(acdc_h5_dir):  # noqa: F811
+def test_real_acdc_h5_slices_and_volumes(acdc_h5_dir):
     train = get_datalist("acdc_h5", str(acdc_h5_dir), "training")[:3]
     for s in [train_transforms("none", 96, 1, None, num_classes=4)(item)[0] for item in train]:
         assert s["image"].shape == s["label"].shape == (1, 96, 96)
@@ -139,7 +138,7 @@ def test_real_acdc_h5_slices_and_volumes(acdc_h5_dir):  # noqa: F811
     assert set(torch.unique(out["label"]).tolist()) == {0, 1, 2, 3}
 
 
-def test_real_totalsegmentator_seg(totalseg_dir):  # noqa: F811
+def test_real_totalsegmentator_seg(totalseg_dir):
     seg = str(totalseg_dir / "example_seg_dicom.nii.gz")
     ref = nib.load(seg)
     out = Compose([LoadVolumed("label"), EnsureChannelFirstd("label"), Orientationd("label", axcodes="RAS")])(
@@ -155,7 +154,7 @@ def test_real_totalsegmentator_seg(totalseg_dir):  # noqa: F811
     assert set(torch.unique(mapped).tolist()) == {0, 1, 5, 6, 7, 8}  # gallbladder and kidneys absent from the slab
 
 
-def test_real_totalsegmentator_ct_with_seg(totalseg_dir, tmp_path):  # noqa: F811
+def test_real_totalsegmentator_ct_with_seg(totalseg_dir, tmp_path):
     """The DICOM CT (JPEG 2000; read with SimpleITK, written as NIfTI, LPS) and its seg (LAS, same grid) pass one
     chain; the prediction inverts to the CT's geometry."""
     sitk = pytest.importorskip("SimpleITK")

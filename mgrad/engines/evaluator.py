@@ -7,6 +7,8 @@ from ignite.engine import Events
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
+from mgrad.errors import root_cause
+
 __all__ = ["ERROR_KEY", "TolerantDataset", "VolumeEvaluator", "CaseFailures", "raise_for_failures"]
 
 ERROR_KEY = "error"
@@ -25,6 +27,7 @@ def _case_name(item: Any) -> str:
 
 
 def _message(case: str, error: BaseException) -> str:
+    error = root_cause(error)
     text = str(error).strip() or type(error).__name__
     return text if case in text else f"{case}: {text}"
 
