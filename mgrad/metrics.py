@@ -32,7 +32,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -41,6 +40,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
+from mgrad.writers import atomic_path
 
 PROTOCOLS = ("default", "transunet")
 METRICS = ("dice", "iou", "hd95", "hd95_vox", "asd", "asd_vox")
@@ -280,8 +281,10 @@ def write_report(summary: Mapping[str, Any], out_dir: str | os.PathLike, stem: s
     for case, message in summary["errors"].items():
         writer.writerow({"case": case, "error": message})
     csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-    _write_atomic(csv_path, text.getvalue())
-    _write_atomic(json_path, json.dumps(_json_safe(summary), indent=2) + "\n")
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(text.getvalue(), newline="")
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     return csv_path, json_path
 
 
@@ -294,18 +297,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
