@@ -10,7 +10,8 @@ from monai.transforms.transform import Randomizable
 
 class Augment2Dd(Randomizable, MapTransform):
     """With p=0.5 rot90 by k in 0..3 then a flip of one random axis; else (p=0.25) a rotation by an angle in
-    [-20, 20] degrees (bilinear image, nearest label, zero padding); else (p=0.25) nothing.
+    [-20, 20] degrees (nearest-neighbour for image and label, as TransUNet's order-0 rotation; zero padding); else
+    (p=0.25) nothing.
 
     A MONAI ``OneOf`` of MONAI transforms, wrapped as a plain MapTransform so that ``Compose`` maps it over the list
     a multi-sample transform returns and every sample draws its own branch (a bare ``OneOf`` gets the whole list
@@ -22,8 +23,7 @@ class Augment2Dd(Randomizable, MapTransform):
         keys = (image_key, label_key)
         rot_flip = Compose([RandRotate90d(keys, prob=0.75, max_k=3), RandAxisFlipd(keys, prob=1.0)])
         angle = math.radians(20)
-        modes = ("bilinear", "nearest")
-        rotate = RandRotated(keys, angle, prob=1.0, mode=modes, padding_mode="zeros", dtype=np.float32)
+        rotate = RandRotated(keys, angle, prob=1.0, mode="nearest", padding_mode="zeros", dtype=np.float32)
         self.choice = OneOf([rot_flip, rotate, Identityd(keys)], weights=(0.5, 0.25, 0.25))
 
     def set_random_state(
