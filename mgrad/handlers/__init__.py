@@ -1,0 +1,14 @@
+"""Ignite/MONAI handlers that mgrad's bundle uses beside MONAI's own."""
+
+from mgrad.handlers.checkpoint import AtomicDiskSaver, CheckpointSaver, ModelLoader, ResumeCheckpointLoader
+from mgrad.handlers.training import TimeBudget, TrainingHistory, ValidateAtEnd
+
+__all__ = [
+    "AtomicDiskSaver",
+    "CheckpointSaver",
+    "ModelLoader",
+    "ResumeCheckpointLoader",
+    "TimeBudget",
+    "TrainingHistory",
+    "ValidateAtEnd",
+]

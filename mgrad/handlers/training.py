@@ -1,0 +1,125 @@
+"""Training-run handlers: a wall-clock budget, a last validation, and the loss and Dice history with its curves."""
+
+import json
+import os
+import time
+from typing import Optional
+
+import ignite.distributed as idist
+from ignite.engine import Engine, Events
+
+from mgrad.writers import atomic_path
+
+__all__ = ["TimeBudget", "TrainingHistory", "ValidateAtEnd"]
+
+
+class TimeBudget:
+    """Ends training cleanly once ``seconds`` of wall-clock time are spent (``None``: no budget).
+
+    Checked after every iteration, in step across processes under torchrun. Pair it with :class:`ValidateAtEnd`
+    so that the best checkpoint also considers the weights the run ended with.
+    """
+
+    def __init__(self, seconds: Optional[float]) -> None:
+        self.seconds = seconds
+        self.start = 0.0
+        self.spent = False
+
+    def attach(self, engine: Engine) -> None:
+        if self.seconds is None:
+            return
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+
+    def _start(self, engine: Engine) -> None:
+        self.start = time.monotonic()
+
+    def _check(self, engine: Engine) -> None:
+        spent = time.monotonic() - self.start >= self.seconds
+        if idist.get_world_size() > 1:  # every process must stop at the same iteration
+            spent = bool(idist.all_reduce(int(spent), op="MAX"))
+        if not self.spent and spent:
+            self.spent = True
+            engine.logger.info(f"Time budget of {self.seconds:.0f} s spent at epoch {engine.state.epoch}; stopping.")
+            engine.terminate()
+
+
+class ValidateAtEnd:
+    """Runs ``validator`` once more when training ends, unless the last epoch was validated already.
+
+    A run stopped by a time budget, or shorter than the validation interval (such as a MONAI Label training
+    request), then still has its final weights considered for the best checkpoint (``models/model.pt``).
+    """
+
+    def __init__(self, validator: Engine) -> None:
+        self.validator = validator
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self._finish)
+
+    def _finish(self, engine: Engine) -> None:
+        if self.validator.state.epoch != engine.state.epoch:
+            self.validator.run(engine.state.epoch)
+
+
+class TrainingHistory:
+    """Records the mean training loss and the validation mean Dice of every epoch; writes ``history.json`` and
+    ``curves.png`` (loss and Dice curves) to ``output_dir`` after each epoch, atomically, on rank 0.
+
+    Attach it after the ``ValidationHandler`` so that an epoch's validation has run when it records the epoch, and
+    after a resume loader: a resumed run continues the ``history.json`` it finds, up to the epoch it resumes from.
+    """
+
+    def __init__(self, output_dir: str, validator: Optional[Engine] = None, metric_name: str = "val_mean_dice") -> None:
+        self.output_dir = output_dir
+        self.validator = validator
+        self.metric_name = metric_name
+        self.history: dict = {"epoch": [], "loss": [], metric_name: []}
+        self._losses: list = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._continue)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._record_epoch)
+        engine.add_event_handler(Events.COMPLETED, self._record_final_validation)
+
+    def _continue(self, engine: Engine) -> None:
+        path = os.path.join(self.output_dir, "history.json")
+        if engine.state.epoch > 0 and os.path.isfile(path):
+            saved = json.loads(open(path).read())
+            keep = sum(1 for e in saved.get("epoch", []) if e <= engine.state.epoch)
+            self.history = {k: list(saved.get(k, []))[:keep] for k in self.history}
+
+    def _record_loss(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
+        self._losses.append(float(loss))
+
+    def _validated_dice(self, engine: Engine) -> Optional[float]:
+        if self.validator is None or self.validator.state.epoch != engine.state.epoch:
+            return None
+        dice = self.validator.state.metrics.get(self.metric_name)
+        return None if dice is None else float(dice)
+
+    def _record_epoch(self, engine: Engine) -> None:
+        self.history["epoch"].append(engine.state.epoch)
+        self.history["loss"].append(sum(self._losses) / max(len(self._losses), 1))
+        self.history[self.metric_name].append(self._validated_dice(engine))
+        self._losses = []
+        self._write()
+
+    def _record_final_validation(self, engine: Engine) -> None:
+        """A validation run after the last epoch (:class:`ValidateAtEnd`) fills that epoch's Dice."""
+        dice = self._validated_dice(engine)
+        if dice is not None and self.history["epoch"] and self.history[self.metric_name][-1] is None:
+            self.history[self.metric_name][-1] = dice
+            self._write()
+
+    def _write(self) -> None:
+        if idist.get_rank() == 0:
+            from mgrad.visualize import training_curves
+
+            with atomic_path(os.path.join(self.output_dir, "history.json")) as tmp:
+                tmp.write_text(json.dumps(self.history, indent=1))
+            training_curves({**self.history, "val_mean_dice": self.history[self.metric_name]},
+                            os.path.join(self.output_dir, "curves.png"))  # fmt: skip
