@@ -13,7 +13,7 @@ import time
 import torch
 from monai.data import CacheDataset
 
-from mgrad.data import get_datalist
+from mgrad.data import dataset_info, get_datalist
 from mgrad.transforms import train_transforms, volume_transforms
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         items = get_datalist("synthetic", tmp, "training")
-        chain = volume_transforms("ct", args.size, num_classes=6)
+        chain = volume_transforms("ct", args.size, num_classes=dataset_info("synthetic")["num_classes"])
         start = time.perf_counter()
         for item in items:
             chain(item)

@@ -1,12 +1,16 @@
 """Whole-volume inference: MONAI's SliceInferer over the slice axis, with a fast path chosen by the hardware."""
 
-from typing import Any, Callable, Optional, Sequence
+import copy
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 from monai.inferers import SliceInferer
-from torch import Tensor
+from monai.networks.blocks import Convolution
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["VolumeSliceInferer", "fast_path_available"]
+__all__ = ["VolumeSliceInferer", "fast_path_available", "fold_batch_norms"]
 
 
 def fast_path_available(device: torch.device) -> bool:
@@ -18,22 +22,68 @@ def fast_path_available(device: torch.device) -> bool:
     return False
 
 
+def fold_batch_norms(network: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``network`` with each batch norm that directly follows the convolution of a MONAI
+    :class:`~monai.networks.blocks.Convolution` (norm first in its ``adn`` ordering) folded into that convolution's
+    weights and bias. The copy computes the same function as ``network.eval()`` (up to rounding) with one elementwise
+    pass less per block; ``network`` itself is not changed. Other modules are copied as they are."""
+    folded = copy.deepcopy(network).eval()
+    for module in folded.modules():
+        if not isinstance(module, Convolution) or not isinstance(getattr(module, "adn", None), nn.Module):
+            continue
+        order = list(module.adn._modules)
+        norm, conv = module.adn._modules.get("N"), module.conv
+        if (
+            order[:1] == ["N"]
+            and isinstance(norm, _BatchNorm)
+            and norm.track_running_stats
+            and norm.running_mean is not None
+            and isinstance(conv, nn.modules.conv._ConvNd)
+            and not conv.transposed
+        ):
+            module.conv = fuse_conv_bn_eval(conv, norm)
+            module.adn.N = nn.Identity()
+    return folded
+
+
 class VolumeSliceInferer(SliceInferer):
     """``SliceInferer`` that runs a 2D network over every slice along ``spatial_dim`` (default 2: the last axis of
     ``(B, C, H, W, D)``), optionally on the fast path.
 
-    The fast path is autocast (bfloat16 on CPU, float16 on CUDA) with channels-last memory format, plus cuDNN
-    autotuning on CUDA; the output is float32 either way. ``fast=None`` takes it where
-    :func:`fast_path_available` says the hardware supports it; ``True``/``False`` force it on or off.
-    Other arguments are ``SliceInferer``'s (``roi_size``, ``sw_batch_size``, ``overlap``, ...).
+    The fast path runs an eval-mode copy of the network with its batch norms folded into the convolutions
+    (:func:`fold_batch_norms`; kept until the network's weights change), in channels-last memory format under
+    autocast (bfloat16 on CPU, float16 on CUDA), plus cuDNN autotuning on CUDA; the output is float32 either way.
+    ``fast=None`` takes it where :func:`fast_path_available` says the hardware supports it; ``True``/``False`` force it
+    on or off. Other arguments are ``SliceInferer``'s (``roi_size``, ``sw_batch_size``, ``overlap``, ...).
     """
 
     def __init__(self, roi_size: Sequence[int], spatial_dim: int = 2, fast: Optional[bool] = None, **kwargs: Any):
         super().__init__(spatial_dim=spatial_dim, roi_size=roi_size, **kwargs)
         self.fast = fast
+        self._folded: Optional[Tuple[int, Tuple[int, ...], nn.Module]] = None  # (id, weight versions, copy)
 
     def uses_fast_path(self, device: torch.device) -> bool:
         return fast_path_available(device) if self.fast is None else self.fast
+
+    def _fast_module(self, network: nn.Module) -> nn.Module:
+        """The folded channels-last copy of an eval-mode ``network``, rebuilt when any weight or buffer changed."""
+        if network.training:
+            return network.to(memory_format=torch.channels_last)
+        try:
+            versions: Optional[Tuple[int, ...]] = tuple(t._version for t in (*network.parameters(), *network.buffers()))
+        except RuntimeError:  # inference tensors have no version counter: fold again every call
+            versions = None
+        cached = self._folded
+        if versions is None or cached is None or cached[0] != id(network) or cached[1] != versions:
+            self._folded = None
+            with torch.inference_mode(False), torch.no_grad():
+                try:
+                    folded = fold_batch_norms(network)
+                except Exception:  # a module that deepcopy cannot copy: run the network as it is
+                    folded = network
+                folded = folded.to(memory_format=torch.channels_last)
+            self._folded = (id(network), versions or (), folded)
+        return self._folded[2]
 
     def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
         if not self.uses_fast_path(inputs.device):
@@ -41,12 +91,13 @@ class VolumeSliceInferer(SliceInferer):
         device_type = inputs.device.type
         if device_type == "cuda":
             torch.backends.cudnn.benchmark = True
-        if isinstance(network, torch.nn.Module):
-            network.to(memory_format=torch.channels_last)
+        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            network = network.module  # inference needs no gradient synchronisation: run the module itself
+        model = self._fast_module(network) if isinstance(network, nn.Module) else network
 
         def fast_network(x: Tensor, *a: Any, **k: Any) -> Tensor:
             x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-            return network(x, *a, **k).float()
+            return model(x, *a, **k).float()
 
         dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
         with torch.autocast(device_type, dtype=dtype):

@@ -1,6 +1,8 @@
 """MGRADTrainer: MONAI's SupervisedTrainer with MGRAD-UNet's gated feedback passes in each iteration."""
 
-from typing import Any, Dict, List, Optional
+import warnings
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from monai.engines import SupervisedTrainer
@@ -58,13 +60,21 @@ class MGRADTrainer(SupervisedTrainer):
             raise ValueError(
                 "MGRADTrainer steps within each batch; gradient accumulation across batches is not supported."
             )
-        super().__init__(*args, decollate=decollate, **kwargs)
+        with _no_scaler_warnings():
+            super().__init__(*args, decollate=decollate, **kwargs)
         self.feedback_passes = feedback_passes
         self.step_per_pass = step_per_pass
         self.channels_last = channels_last
         self.grad_clip_norm = grad_clip_norm
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
+
+    def run(self) -> None:
+        """``SupervisedTrainer.run``; with ``amp`` on CPU without MONAI's warnings about its unused CUDA scaler."""
+        if self.amp and self.state.device.type != "cuda":
+            with _no_scaler_warnings():
+                return super().run()
+        return super().run()
 
     def _autocast(self, device: torch.device) -> torch.autocast:
         if device.type == "cuda":
@@ -113,8 +123,11 @@ class MGRADTrainer(SupervisedTrainer):
         output: Any = None
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         for k in range(engine.feedback_passes):
+            output = None  # the previous pass's output (its feedback is taken): freed before this pass's forward
             with engine._autocast(inputs.device):
-                output = engine.inferer(inputs, engine.network, *args, feedback=feedback, **kwargs)
+                # pass 1 calls the network as any MONAI trainer does, so any network trains with feedback_passes=1
+                extra = kwargs if feedback is None else {**kwargs, "feedback": feedback}
+                output = engine.inferer(inputs, engine.network, *args, **extra)
                 engine.fire_event(IterationEvents.FORWARD_COMPLETED)
                 loss = engine.loss_function(output, targets).mean()
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
@@ -135,6 +148,17 @@ class MGRADTrainer(SupervisedTrainer):
         engine.state.pass_losses = pass_losses
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+@contextmanager
+def _no_scaler_warnings() -> Iterator[None]:
+    """Silence MONAI's Trainer building a CUDA GradScaler (in ``__init__`` and ``run``) where it is not used: on CPU
+    the scaler warns and disables itself, and this trainer runs bfloat16 autocast, which needs none (see ``_step``).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*GradScaler", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*GradScaler", category=FutureWarning)
+        yield
 
 
 def _detach(output: tuple) -> list:

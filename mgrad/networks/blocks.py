@@ -163,7 +163,9 @@ class DifferentialDecoder(nn.Module):
             top = self.gate_top(top + top * weights[num_levels - 1])
             for i, conv in enumerate(self.first_order):
                 upper = top if i == num_levels - 2 else features[i + 1]
-                diffs.append(conv(torch.abs(self.up(upper, features[i]) + features[i] * (1.0 - weights[i]))))
+                # R * (1 - w), written R - R * w: autograd keeps R and w (alive anyway), not a full-size 1 - w
+                reverse = features[i] - features[i] * weights[i]
+                diffs.append(conv(torch.abs(self.up(upper, features[i]) + reverse)))
         else:
             for i, conv in enumerate(self.first_order):
                 diffs.append(conv(torch.abs(self.up(features[i + 1], features[i]) - features[i])))

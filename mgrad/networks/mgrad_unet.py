@@ -1,10 +1,13 @@
 """MGRAD-UNet: multi-gated reverse attention multi-scale differential UNet (Scientific Reports, 2024)."""
 
-from typing import List, NamedTuple, Optional, Sequence, Union
+from contextlib import nullcontext
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from monai.networks.layers.factories import Pool
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 from mgrad.networks.blocks import DifferentialDecoder, ReceptiveFieldBlock, ResidualEncoderStage, SideHeads
 
@@ -51,6 +54,14 @@ class MGRADUNet(nn.Module):
         feedback_scale: the factor ``lambda`` of the feedback signal.
         act: activation type and arguments (MONAI style).
         norm: normalisation type and arguments (MONAI style).
+        checkpointing: activation checkpointing in training (``torch.utils.checkpoint``, non-reentrant): a
+            checkpointed block keeps only its inputs and outputs in the forward pass and is recomputed in the
+            backward pass. ``False``/``"none"``: off; ``True``/``"all"``: each encoder stage, each RFB and each
+            decoder (the lowest memory, for about one more forward pass of time); ``"rfb"``: the receptive field
+            blocks only (their many full-size maps are the largest share of the activations; less memory saved,
+            less recomputed). Batch-norm running statistics are restored after each recomputation, so they are
+            updated once per forward pass, exactly as without checkpointing. No effect in eval mode, without
+            gradients or in TorchScript.
 
     In train mode ``forward`` returns an :class:`MGRADOutput`; in eval mode only the fused logits
     ``pred1 + pred2`` (the released model predicts ``argmax(softmax(P1 + P2))``), so MONAI inferers, handlers
@@ -76,6 +87,7 @@ class MGRADUNet(nn.Module):
         feedback_scale: float = 1e-3,
         act: Union[str, tuple] = ("relu", {"inplace": True}),
         norm: Union[str, tuple] = ("batch", {"affine": True}),
+        checkpointing: Union[bool, str] = False,
     ) -> None:
         super().__init__()
         if len(features) < 2:
@@ -84,6 +96,10 @@ class MGRADUNet(nn.Module):
         self.num_levels = len(features)
         self.size_multiple = 2 ** (self.num_levels - 1)
         self.feedback_scale = float(feedback_scale)
+        mode = ("all" if checkpointing else "none") if isinstance(checkpointing, bool) else checkpointing
+        if mode not in ("none", "all", "rfb"):
+            raise ValueError(f'checkpointing must be False, True, "none", "all" or "rfb", got {checkpointing!r}.')
+        self.checkpointing: str = mode
 
         widths = [in_channels, *features]
         self.encoder = nn.ModuleList(
@@ -115,26 +131,85 @@ class MGRADUNet(nn.Module):
 
     def forward(self, x: Tensor, feedback: Optional[List[Tensor]] = None) -> Union[Tensor, MGRADOutput]:
         self.check_input(x, feedback)
+        if not torch.jit.is_scripting() and self.checkpointing != "none" and self.training and torch.is_grad_enabled():
+            rfb_out, pred1, features1, pred2, features2 = self._checkpointed_decode(x, feedback)
+        else:
+            rfb_out: List[Tensor] = []
+            h = x
+            for i, (stage, rfb) in enumerate(zip(self.encoder, self.rfbs)):
+                if i > 0:
+                    h = self.pool(h)
+                h = stage(h)
+                rfb_out.append(rfb(h))
+            if feedback is not None:
+                rfb_out = [r + f for r, f in zip(rfb_out, feedback)]
+            pred1, features1 = self.msd(rfb_out)
+            pred2, features2 = self.grad(rfb_out, features1)
+        if not self.training:
+            return pred1 + pred2
+        return MGRADOutput(pred1, pred2, features1, features2, self.side_heads(features1))
+
+    @torch.jit.unused
+    def _checkpointed_decode(
+        self, x: Tensor, feedback: Optional[List[Tensor]]
+    ) -> Tuple[List[Tensor], Tensor, List[Tensor], Tensor, List[Tensor]]:
+        """The forward pass above with the blocks that ``checkpointing`` names checkpointed."""
+        every = self.checkpointing == "all"
         rfb_out: List[Tensor] = []
         h = x
         for i, (stage, rfb) in enumerate(zip(self.encoder, self.rfbs)):
             if i > 0:
                 h = self.pool(h)
-            h = stage(h)
-            rfb_out.append(rfb(h))
+            h = _checkpoint(stage, h) if every else stage(h)
+            rfb_out.append(_checkpoint(rfb, h))
         if feedback is not None:
             rfb_out = [r + f for r, f in zip(rfb_out, feedback)]
-
-        pred1, features1 = self.msd(rfb_out)
-        pred2, features2 = self.grad(rfb_out, features1)
-        if not self.training:
-            return pred1 + pred2
-        return MGRADOutput(pred1, pred2, features1, features2, self.side_heads(features1))
+        pred1, features1 = _checkpoint(self.msd, rfb_out) if every else self.msd(rfb_out)
+        pred2, features2 = _checkpoint(self.grad, rfb_out, features1) if every else self.grad(rfb_out, features1)
+        return rfb_out, pred1, features1, pred2, features2
 
     @torch.jit.export
     def feedback_from(self, output: MGRADOutput) -> List[Tensor]:
         """The next pass's feedback from a train-mode output: ``feedback_scale * (G_i - M_i)``, detached."""
         return [self.feedback_scale * (g - m).detach() for g, m in zip(output.features2, output.features1)]
+
+
+class KeepBatchNormStatistics:
+    """Context manager restoring the running statistics of every batch norm in ``module`` on exit.
+
+    Used as the recomputation context of activation checkpointing: the recomputed forward normalises with the batch
+    statistics as the original forward did, and its second update of the running statistics is undone.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+        self.saved: List[List[Optional[Tensor]]] = []
+
+    def __enter__(self) -> "KeepBatchNormStatistics":
+        self.saved = [
+            [None if b is None else b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+            for m in self.norms
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.norms, self.saved):
+                for buffer, value in zip((m.running_mean, m.running_var, m.num_batches_tracked), saved):
+                    if buffer is not None and value is not None:
+                        buffer.copy_(value)
+        self.saved = []
+
+
+def _checkpoint(module: Callable[..., Any], *args: Any) -> Any:
+    """``module(*args)`` under non-reentrant activation checkpointing, batch-norm statistics updated once."""
+    return checkpoint(
+        module,
+        *args,
+        use_reentrant=False,
+        preserve_rng_state=False,  # MGRAD-UNet has no randomness (no dropout)
+        context_fn=lambda: (nullcontext(), KeepBatchNormStatistics(module)),
+    )
 
 
 MGRADUnet = MgradUNet = MGRADUNet

@@ -1,0 +1,149 @@
+"""Training-step speed and memory: one MGRADTrainer iteration (3 gated feedback passes, one optimizer step each),
+full-size MGRAD-UNet (in 1, out 9, widths 64..1024), MGRADLoss (aggregated deep supervision), AdamW.
+
+    python benchmarks/bench_train_step.py [--batch 2 --size 224 --steps 2 --configs plain amp amp+rfbckpt]
+
+Every configuration runs in its own fresh process: ``--warmup`` iterations (oneDNN primitive creation, AdamW
+state), then ``--steps`` timed iterations through ``MGRADTrainer.run``. "s/step" is the median timed iteration;
+"CPU s/step" is the process's CPU time per step (all threads; steadier than wall time when other processes share
+the cores); "peak MiB" is that process's peak resident memory during the run above its resident memory just before
+(network, optimizer and data built; Linux /proc; on CUDA the peak allocated GPU memory). Ratios are against the
+plain fp32 path measured in the same run. "first-step loss" is the mean of the three pass losses of the first
+iteration (same seed, same data), so the configurations' numerics can be compared.
+
+Configurations (combine with "+"): ``plain`` fp32; ``amp`` bfloat16 autocast on CPU (float16 + grad scaler on
+CUDA), ``MGRADTrainer(amp=True)``; ``cl`` channels-last memory format (``channels_last=True``); ``ckpt``
+activation checkpointing of every encoder stage, RFB and decoder (``MGRADUNet(checkpointing="all")``); ``rfbckpt``
+of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import in_fresh_process, machine_summary, peak_mib_since, start_memory  # noqa: E402
+
+DEFAULT_CONFIGS = ("plain", "amp", "amp+rfbckpt", "amp+ckpt")
+
+
+def make_batch(batch: int, size: int, classes: int = 9, seed: int = 0) -> dict:
+    """An image and a label map of smooth blobs (coarse random labels, upsampled), so every class is present."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, classes, (batch, 1, 7, 7), generator=g).float()
+    label = F.interpolate(coarse, size=(size, size), mode="nearest").long()
+    image = label.float() / classes + 0.1 * torch.randn(label.shape, generator=g)
+    return {"image": image, "label": label}
+
+
+def run_config(config: str, batch: int, size: int, warmup: int, steps: int, threads: int) -> dict:
+    import torch
+    from ignite.engine import Events
+
+    from mgrad.engines import MGRADTrainer
+    from mgrad.losses import MGRADLoss
+    from mgrad.networks import MGRADUNet
+
+    if threads:
+        torch.set_num_threads(threads)
+    options = set(config.split("+"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    checkpointing = "all" if "ckpt" in options else "rfb" if "rfbckpt" in options else "none"
+    network = MGRADUNet(2, 1, 9, checkpointing=checkpointing).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4)
+    data = [make_batch(batch, size)] * (warmup + steps)
+    trainer = MGRADTrainer(
+        device=device,
+        max_epochs=1,
+        train_data_loader=data,
+        network=network,
+        optimizer=optimizer,
+        loss_function=MGRADLoss(),
+        amp="amp" in options,
+        channels_last="cl" in options,
+        decollate=False,
+    )
+    times, cpu_times, losses = [], [], []
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def started(engine) -> None:
+        sync()
+        times.append(-time.perf_counter())
+        cpu_times.append(-time.process_time())
+
+    def completed(engine) -> None:
+        sync()
+        times[-1] += time.perf_counter()
+        cpu_times[-1] += time.process_time()
+        losses.append(engine.state.pass_losses.mean().item())
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, started)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, completed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    base = start_memory()
+    trainer.run()
+    peak = peak_mib_since(base)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    return {
+        "seconds": statistics.median(times[warmup:]),
+        "cpu_seconds": statistics.median(cpu_times[warmup:]),
+        "all_seconds": times,
+        "peak_mib": peak,
+        "loss": losses[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=224, help="in-plane size (a multiple of 16)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    parser.add_argument("--steps", type=int, default=2, help="timed iterations (median reported)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
+    args = parser.parse_args()
+    configs = ["plain", *[c for c in args.configs if c != "plain"]]
+    print(machine_summary(args.threads))
+    print(
+        f"MGRADTrainer iteration: 3 feedback passes (3 optimizer steps), batch {args.batch}, "
+        f"{args.size}x{args.size}, full-size MGRAD-UNet, MGRADLoss, AdamW; "
+        f"{args.warmup} warm-up + {args.steps} timed iterations per configuration, each in a fresh process"
+    )
+    results = {}
+    for config in configs:
+        results[config] = in_fresh_process(
+            run_config, config, args.batch, args.size, args.warmup, args.steps, args.threads
+        )
+        r = results[config]
+        steps = ", ".join(f"{t:.2f}" for t in r["all_seconds"])
+        print(f"  {config}: {steps} s; peak {r['peak_mib']:.0f} MiB", flush=True)
+    plain = results["plain"]
+    print()
+    print(
+        f"{'configuration':<16}{'s/step':>9}{'speed-up':>10}{'CPU s/step':>12}{'CPU speed-up':>14}"
+        f"{'peak MiB':>10}{'memory':>8}{'first-step loss':>17}"
+    )
+    for config, r in results.items():
+        print(
+            f"{config:<16}{r['seconds']:>9.2f}{plain['seconds'] / r['seconds']:>9.2f}x{r['cpu_seconds']:>12.2f}"
+            f"{plain['cpu_seconds'] / r['cpu_seconds']:>13.2f}x{r['peak_mib']:>10.0f}"
+            f"{r['peak_mib'] / plain['peak_mib']:>8.2f}{r['loss']:>17.5f}"
+        )
+    print("\nCPU s/step: the process's CPU time (all threads) per step; on a loaded machine steadier than wall time.")
+
+
+if __name__ == "__main__":
+    main()

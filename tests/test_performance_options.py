@@ -1,0 +1,158 @@
+"""Performance options keep the numerics: activation checkpointing, bf16 autocast on CPU, the fast inference path."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from mgrad.engines import MGRADTrainer
+from mgrad.inferers import VolumeSliceInferer, fast_path_available
+from mgrad.losses import MGRADLoss
+from mgrad.networks import MGRADUNet
+
+SMALL = {"features": (8, 16, 32), "rfb_channels": 8}
+
+
+def small_net(**kwargs) -> MGRADUNet:
+    torch.manual_seed(0)
+    return MGRADUNet(2, 1, 3, **{**SMALL, **kwargs})
+
+
+def squares(n: int = 4, size: int = 32, seed: int = 0) -> list:
+    """Batches of 2: a bright square (class 1) and a dark square (class 2) on noise."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        label = torch.zeros(2, 1, size, size, dtype=torch.long)
+        for b in range(2):
+            for cls in (1, 2):
+                r, c = torch.randint(0, size // 2, (2,), generator=g).tolist()
+                label[b, 0, r : r + size // 3, c : c + size // 3] = cls
+        image = (label == 1).float() - 0.5 * (label == 2).float() + 0.2 * torch.randn(label.shape, generator=g)
+        batches.append({"image": image, "label": label})
+    return batches
+
+
+def two_passes(net: MGRADUNet, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    out = net(x)
+    loss = MGRADLoss()(out, target)
+    out = net(x, net.feedback_from(out))
+    return loss + MGRADLoss()(out, target)
+
+
+@pytest.mark.parametrize("mode,name", [(True, "all"), ("all", "all"), ("rfb", "rfb")])
+def test_checkpointing_same_loss_gradients_and_batch_norm_statistics(mode, name):
+    plain, ckpt = small_net(), small_net(checkpointing=mode)
+    assert plain.checkpointing == "none" and ckpt.checkpointing == name
+    ckpt.load_state_dict(plain.state_dict())
+    batch = squares(1)[0]
+    losses = [two_passes(net, batch["image"], batch["label"]) for net in (plain, ckpt)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # running statistics are updated once per forward pass, not again by the recomputation
+    for (name, a), b in zip(plain.named_buffers(), ckpt.buffers()):
+        assert torch.equal(a, b), name
+    assert int(ckpt.encoder[0].conv1.adn.N.num_batches_tracked) == 2
+
+
+def test_checkpointing_under_bf16_autocast():
+    plain, ckpt = small_net(), small_net(checkpointing=True)
+    batch = squares(1)[0]
+    losses = []
+    for net in (plain, ckpt):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = two_passes(net, batch["image"], batch["label"])
+        loss.backward()
+        losses.append(loss)
+    assert math.isfinite(losses[1].item())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)
+    for p, q in zip(plain.parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0.05, atol=1e-3)
+
+
+def test_checkpointing_modes():
+    assert small_net(checkpointing=False).checkpointing == "none"
+    assert small_net(checkpointing="none").checkpointing == "none"
+    with pytest.raises(ValueError, match="checkpointing must be"):
+        small_net(checkpointing="encoder")
+
+
+def test_checkpointing_is_off_in_eval_and_keeps_torchscript(tmp_path):
+    from monai.networks.utils import convert_to_torchscript
+
+    net = small_net(checkpointing=True)
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        expected = small_net().eval()(x)
+        torch.testing.assert_close(net.eval()(x), expected)
+    scripted = convert_to_torchscript(net, tmp_path / "net.ts", verify=True, inputs=[x], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def make_trainer(net: MGRADUNet, data: list, **kwargs) -> MGRADTrainer:
+    return MGRADTrainer(
+        device=torch.device("cpu"),
+        max_epochs=kwargs.pop("max_epochs", 1),
+        train_data_loader=data,
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), lr=1e-2),
+        loss_function=MGRADLoss(),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_trainer_with_checkpointing_matches_plain(amp):
+    data = squares(2)
+    results = []
+    for checkpointing in (False, True):
+        net = small_net(checkpointing=checkpointing)
+        trainer = make_trainer(net, data, amp=amp)
+        trainer.run()
+        results.append((trainer.state.pass_losses, net.state_dict()))
+    (losses, state), (ckpt_losses, ckpt_state) = results
+    tol = 5e-3 if amp else 1e-5
+    torch.testing.assert_close(ckpt_losses, losses, rtol=tol, atol=tol)
+    for name in state:
+        torch.testing.assert_close(ckpt_state[name].float(), state[name].float(), rtol=tol, atol=tol, msg=name)
+
+
+def test_amp_on_cpu_runs_in_bfloat16_without_scaler_warnings(recwarn):
+    net = small_net()
+    seen = []
+    net.msd.pred.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer = make_trainer(net, squares(1), amp=True)
+    trainer.run()
+    assert seen == [torch.bfloat16] * 3
+    assert math.isfinite(trainer.state.output[0]["loss"])
+    assert not [w for w in recwarn if "GradScaler" in str(w.message)]
+
+
+def trained_net() -> MGRADUNet:
+    net = small_net()
+    make_trainer(net, squares(4), max_epochs=8, feedback_passes=1).run()
+    return net.eval()
+
+
+def test_fast_inference_path_agrees_with_plain_path():
+    net = trained_net()
+    data = squares(3, seed=1)
+    # a volume (1, 1, H, W, D) of 6 slices along the last axis
+    volume = torch.cat([b["image"] for b in data]).permute(1, 2, 3, 0).unsqueeze(0)
+    with torch.inference_mode():
+        plain = VolumeSliceInferer(roi_size=(32, 32), fast=False)(volume, net)
+        fast = VolumeSliceInferer(roi_size=(32, 32), fast=True)(volume, copy.deepcopy(net))
+        auto = VolumeSliceInferer(roi_size=(32, 32), sw_batch_size=3)(volume, copy.deepcopy(net))
+    assert plain.dtype == fast.dtype == auto.dtype == torch.float32
+    assert plain.shape == fast.shape == auto.shape == (1, 3, 32, 32, 6)
+    agree = (fast.argmax(1) == plain.argmax(1)).float().mean().item()
+    assert agree >= 0.999
+    assert (auto.argmax(1) == plain.argmax(1)).float().mean().item() >= 0.999
+    assert isinstance(fast_path_available(torch.device("cpu")), bool)
+    assert VolumeSliceInferer(roi_size=(32, 32), fast=False).uses_fast_path(torch.device("cpu")) is False
+    assert VolumeSliceInferer(roi_size=(32, 32), fast=True).uses_fast_path(torch.device("cpu")) is True
