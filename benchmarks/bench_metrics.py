@@ -8,18 +8,16 @@ medpy takes several minutes on the full size (four full-volume distance transfor
 """
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import in_fresh_process, memory_kib, start_memory  # noqa: E402
 
 SPACING = (0.78, 0.78, 2.5)  # mm, typical abdominal CT (Synapse)
 # Synapse class: (centre, semi-axes) in voxels of a 512x512x150 grid, painted in this order (later ones on top)
@@ -34,23 +32,6 @@ ORGANS = {
     1: ((280, 250, 75), (12, 12, 65)),  # aorta
 }
 METRICS = ("hd95", "asd")
-
-
-def _memory_kib(field: str) -> int:
-    """VmRSS or VmHWM (peak, after a reset) of this process in KiB; the lifetime peak where /proc is missing."""
-    try:
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith(field)).split()[1])
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _start_memory() -> int:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current size
-    except OSError:
-        pass
-    return _memory_kib("VmRSS")
 
 
 def organ_volume(shape: tuple[int, int, int], seed: int, jitter: float = 0.0, blobs: int = 0) -> np.ndarray:
@@ -86,7 +67,7 @@ def run_mgrad(pred_path: str, label_path: str, device: str = "cpu") -> tuple[flo
     if device == "cuda":
         pred, label = torch.as_tensor(pred).cuda(), torch.as_tensor(label).cuda()
         torch.cuda.synchronize()
-    base = _start_memory()
+    base = start_memory()
     start = time.perf_counter()
     result = metrics.case_metrics(pred, label, 9, SPACING)  # Dice, IoU, HD95 and ASD in mm and in voxels
     seconds = time.perf_counter() - start
@@ -94,14 +75,14 @@ def run_mgrad(pred_path: str, label_path: str, device: str = "cpu") -> tuple[flo
     metrics._confusion(pred, label, 9)  # Dice of all classes (and IoU) from one confusion matrix
     dice_seconds = time.perf_counter() - start
     values = {(c, m): r[m] for c, r in result.items() for m in ("dice", *METRICS)}
-    return seconds, dice_seconds, values, _memory_kib("VmHWM") - base
+    return seconds, dice_seconds, values, memory_kib("VmHWM") - base
 
 
 def run_medpy(pred_path: str, label_path: str) -> tuple[float, float, dict, int]:
     from medpy.metric import binary
 
     pred, label = np.load(pred_path), np.load(label_path)
-    base = _start_memory()
+    base = start_memory()
     values, seconds, dice_seconds = {}, 0.0, 0.0
     for c in range(1, 9):
         p, g = pred == c, label == c
@@ -112,7 +93,7 @@ def run_medpy(pred_path: str, label_path: str) -> tuple[float, float, dict, int]
         start = time.perf_counter()
         values[c, "dice"] = binary.dc(p, g)
         dice_seconds += time.perf_counter() - start
-    return seconds, dice_seconds, values, _memory_kib("VmHWM") - base
+    return seconds, dice_seconds, values, memory_kib("VmHWM") - base
 
 
 def main() -> None:
@@ -135,8 +116,7 @@ def main() -> None:
         if torch.cuda.is_available():
             jobs.insert(1, ("mgrad (CUDA)", run_mgrad, ("cuda",)))
         for name, func, extra in jobs:
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # a fresh process per method
-                runs[name] = pool.submit(func, *paths, *extra).result()
+            runs[name] = in_fresh_process(func, *paths, *extra)  # a fresh process per method
     reference = runs["medpy"][2]
     print()
     print(f"{'method':<14}{'HD95+ASD s':>12}{'ratio':>8}{'Dice s':>9}{'ratio':>8}{'peak MiB':>10}{'max |diff|':>12}")
