@@ -18,10 +18,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, Orientationd
 
 from mgrad import metrics
-from mgrad.transforms import LoadVolumed
+from mgrad.transforms.io import load_ras
 from mgrad.visualize import overlay_figure
 
 __all__ = ["evaluate", "score_datalist", "prediction_path"]
@@ -41,10 +40,9 @@ def _case_name(item: Mapping[str, Any]) -> str:
 
 def _load(item: Mapping[str, Any], pred_file: Path, label_map: Optional[Mapping[int, int]]):
     """Image, prediction and label as arrays on one RAS grid, and the label's voxel spacing; grids must agree."""
-    keys = ["image", "pred", "label"]
-    loader = Compose([LoadVolumed(keys), EnsureChannelFirstd(keys), Orientationd(keys, "RAS")])
-    data = loader({"image": item["image"], "pred": str(pred_file), "label": item["label"]})
-    image, pred, label, label_file = data["image"], data["pred"], data["label"], item["label"]
+    label_file = item["label"]
+    data = load_ras(["image", "pred", "label"])({"image": item["image"], "pred": str(pred_file), "label": label_file})
+    image, pred, label = data["image"], data["pred"], data["label"]
     if pred.shape != label.shape:
         raise ValueError(
             f"prediction {pred_file} {list(pred.shape[1:])} and label {label_file} {list(label.shape[1:])} "
@@ -53,12 +51,7 @@ def _load(item: Mapping[str, Any], pred_file: Path, label_map: Optional[Mapping[
     if not np.allclose(pred.affine.numpy(), label.affine.numpy(), atol=1e-3):
         raise ValueError(f"prediction {pred_file} and label {label_file} have different affines")
     spacing = tuple(float(s) for s in np.linalg.norm(label.affine.numpy()[:3, :3], axis=0))
-    label = label.numpy()[0].round().astype(np.int64)
-    if label_map is not None:
-        lut = np.zeros(max(max(label_map), int(label.max())) + 1, np.int64)
-        for raw, cls in label_map.items():
-            lut[raw] = cls
-        label = lut[label]
+    label = metrics.relabel(label.numpy()[0].round().astype(np.int64), label_map)
     return image.numpy()[0], pred.numpy()[0].round().astype(np.int64), label, spacing
 
 

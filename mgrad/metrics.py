@@ -394,6 +394,17 @@ def _index(source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Se
     return files, errors
 
 
+def relabel(label: np.ndarray, label_map: Mapping[int, int] | None) -> np.ndarray:
+    """``label`` with each raw value mapped by ``label_map`` ({raw: class}; unlisted values -> 0); unchanged if None."""
+    if label_map is None:
+        return label
+    label = label.astype(np.int64)
+    lut = np.zeros(max(int(label.max()), *(int(r) for r in label_map)) + 1, dtype=np.int64)
+    for raw, target in label_map.items():
+        lut[int(raw)] = int(target)
+    return lut[label]
+
+
 def _load_pair(
     pred_path: Path, label_path: Path, label_map: Mapping[int, int] | None
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
@@ -414,13 +425,7 @@ def _load_pair(
             f"prediction {pred_path} (shape {pred.shape}) does not match label {label_path} (shape {label.shape}) "
             f"in shape or affine:\n{pred_image.affine}\nvs\n{label_image.affine}"
         )
-    if label_map is not None:
-        lut = np.zeros(int(label.max()) + 1, dtype=np.int64)
-        for raw, target in label_map.items():
-            if int(raw) < len(lut):
-                lut[int(raw)] = int(target)
-        label = lut[label.astype(np.int64)]
-    return pred, label, tuple(float(z) for z in label_image.header.get_zooms()[: label.ndim])
+    return pred, relabel(label, label_map), tuple(float(z) for z in label_image.header.get_zooms()[: label.ndim])
 
 
 def evaluate(

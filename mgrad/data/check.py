@@ -3,12 +3,11 @@
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from monai.transforms import Compose, EnsureChannelFirstd, Orientationd
-
 from mgrad.data.datalist import SPLITS, decathlon_datalist, get_datalist
 from mgrad.data.errors import DataError, MissingSplitError
 from mgrad.data.presets import dataset_info
 from mgrad.data.validate import case_problems
+from mgrad.errors import root_cause
 
 
 def _datalists(path: Path, dataset: Optional[str]) -> Tuple[Dict[str, List[dict]], List[str]]:
@@ -34,15 +33,12 @@ def _datalists(path: Path, dataset: Optional[str]) -> Tuple[Dict[str, List[dict]
 
 def _load(key: str, path: str):
     """``(tensor, None)`` or ``(None, problem)`` for one file, loaded channel-first in RAS as the pipelines do."""
-    from mgrad.transforms.io import LoadVolumed  # mgrad.transforms imports mgrad.data
+    from mgrad.transforms.io import load_ras  # mgrad.transforms imports mgrad.data
 
     try:
-        return Compose([LoadVolumed(key), EnsureChannelFirstd(key), Orientationd(key, axcodes="RAS")])({key: path})[
-            key
-        ], None
+        return load_ras(key)({key: path})[key], None
     except Exception as e:
-        cause = e.__cause__ if isinstance(e.__cause__, DataError) else e
-        return None, str(cause)
+        return None, str(root_cause(e))
 
 
 def check_data(path: str, dataset: Optional[str] = None, num_classes: Optional[int] = None) -> dict:

@@ -6,7 +6,7 @@ from typing import Any, Dict, Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, MapTransform, Orientationd
 
 from mgrad.data.errors import DataError
 from mgrad.data.readers import H5Reader, NpzReader
@@ -47,3 +47,8 @@ class LoadVolumed(MapTransform):
         for key in self.key_iterator(d):
             d[key] = load_file(self.loaders[key], d[key])
         return d
+
+
+def load_ras(keys: KeysCollection) -> Compose:
+    """Load ``keys`` channel-first and reoriented to RAS, as the volume pipelines do (for checks and scoring)."""
+    return Compose([LoadVolumed(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS")])
