@@ -9,7 +9,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
-__all__ = ["AtomicDiskSaver", "CheckpointSaver", "KeyMetricState", "ModelLoader", "ResumeCheckpointLoader"]
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "KeyMetricState", "ModelLoader", "ResumeCheckpointLoader"]
 
 
 class AtomicDiskSaver(DiskSaver):
@@ -31,7 +31,7 @@ class AtomicDiskSaver(DiskSaver):
             super().remove(filename)
 
 
-class CheckpointSaver(MonaiCheckpointSaver):
+class AtomicCheckpointSaver(MonaiCheckpointSaver):
     """``monai.handlers.CheckpointSaver`` whose files are written atomically (temporary file, then rename).
 
     ``interval_filename`` gives the interval checkpoint one fixed name (e.g. ``checkpoint.pt``, for resuming)
@@ -80,8 +80,8 @@ class KeyMetricState:
     """The best key metric of a validation engine and the epoch it was reached at, as a checkpointable object.
 
     Saved beside the model in the trainer's interval checkpoint and restored by :class:`ResumeCheckpointLoader`, it
-    lets a resumed run remember the best validation before the interruption: :class:`CheckpointSaver` then replaces
-    the best model only with a strictly better one.
+    lets a resumed run remember the best validation before the interruption: :class:`AtomicCheckpointSaver` then
+    replaces the best model only with a strictly better one.
 
     Args:
         validator: the validation engine (a MONAI evaluator, whose state has ``best_metric`` and
