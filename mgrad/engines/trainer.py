@@ -54,6 +54,16 @@ class MGRADTrainer(SupervisedTrainer):
         amp: mixed precision: float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU.
         channels_last: run the network and its inputs in channels-last memory format (2D only).
         grad_clip_norm: clip the gradients' global norm to this value before each step (``None``: no clipping).
+
+    Example::
+
+        >>> net = MGRADUNet(spatial_dims=2, in_channels=1, out_channels=4)
+        >>> trainer = MGRADTrainer(
+        ...     device=torch.device("cuda"), max_epochs=300, train_data_loader=loader, network=net.cuda(),
+        ...     optimizer=torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4, fused=True),
+        ...     loss_function=MGRADLoss(squared_pred=True), amp=True, channels_last=True,
+        ... )
+        >>> trainer.run()   # trainer.state.pass_losses: (3,), the last iteration's loss of each pass
     """
 
     def __init__(
