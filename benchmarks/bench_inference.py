@@ -17,10 +17,13 @@ the plain path's of the same network.
 With random weights many voxels have near-tied logits, which makes the label agreement a harsh test of the
 low-precision path; ``--calibrate`` first sets every batch norm's running statistics from a few train-mode forward
 passes on the volume (no gradient step), which gives the random network realistically scaled activations, and
-reports the agreement for that model too.
+reports the agreement for that model too. ``--checkpoint PATH`` times a trained MGRAD-UNet instead (its
+``out_channels`` from the checkpoint), so "same label" is the agreement on trained weights. ``--json PATH`` writes the
+rows (and the machine line) to a JSON file.
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -44,13 +47,20 @@ def make_volume(size: int, slices: int, seed: int = 0):
     return (vol + 0.05 * torch.randn(vol.shape, generator=g)).clamp(0, 1)
 
 
-def build_network(name: str):
+def build_network(name: str, checkpoint: str | None = None):
     import torch
     from monai.networks.nets import BasicUNet, UNet
 
     from mgrad.networks import MGRADUNet
 
     torch.manual_seed(0)
+    if name == "MGRADUNet" and checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        out_channels = state["side_heads.heads.0.conv.weight"].shape[0]
+        network = MGRADUNet(spatial_dims=2, in_channels=1, out_channels=out_channels)
+        network.load_state_dict(state)
+        return network
     if name == "MGRADUNet":
         return MGRADUNet(spatial_dims=2, in_channels=1, out_channels=9)
     if name == "BasicUNet":
@@ -77,7 +87,16 @@ def calibrate(network, volume, slices_per_pass: int = 8, passes: int = 3) -> Non
     network.eval()
 
 
-def run_row(name: str, fast: bool, size: int, slices: int, sw_batch_size: int, calibrated: bool, threads: int):
+def run_row(
+    name: str,
+    fast: bool,
+    size: int,
+    slices: int,
+    sw_batch_size: int,
+    calibrated: bool,
+    threads: int,
+    checkpoint: str | None = None,
+):
     import torch
 
     from mgrad.inferers import VolumeSliceInferer
@@ -86,12 +105,13 @@ def run_row(name: str, fast: bool, size: int, slices: int, sw_batch_size: int, c
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     volume = make_volume(size, slices).to(device)
-    network = build_network(name).to(device)
+    network = build_network(name, checkpoint).to(device)
     if calibrated:
         calibrate(network, volume)
     network.eval()
     inferer = VolumeSliceInferer(roi_size=(size, size), sw_batch_size=sw_batch_size, fast=None if fast else False)
     used_fast = inferer.uses_fast_path(device)
+    low_precision = inferer.uses_low_precision(device)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -119,6 +139,7 @@ def run_row(name: str, fast: bool, size: int, slices: int, sw_batch_size: int, c
         "peak_mib": peak,
         "labels": labels,
         "fast": used_fast,
+        "low_precision": low_precision,
         "margin": margin,
     }
 
@@ -131,6 +152,8 @@ def main() -> None:
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--calibrate", action="store_true", help="also the MGRAD-UNet rows with calibrated BN")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--checkpoint", default=None, help="trained MGRAD-UNet weights (model.pt) instead of random")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     print(machine_summary(args.threads))
     print(
@@ -142,9 +165,11 @@ def main() -> None:
         rows += [("MGRADUNet", False, True), ("MGRADUNet", True, True)]
     results = {}
     for name, fast, calibrated in rows:
-        r = in_fresh_process(run_row, name, fast, args.size, args.slices, args.sw_batch_size, calibrated, args.threads)
+        r = in_fresh_process(
+            run_row, name, fast, args.size, args.slices, args.sw_batch_size, calibrated, args.threads, args.checkpoint
+        )
         results[name, fast, calibrated] = r
-        path = "fast" if r["fast"] else "plain"
+        path = ("fast" if r["low_precision"] else "fast fp32") if r["fast"] else "plain"
         print(f"  {name}{' (calibrated BN)' if calibrated else ''} {path}: {r['seconds']:.2f} s", flush=True)
     reference = results["MGRADUNet", False, False]["seconds"] if "MGRADUNet" in args.networks else None
     print()
@@ -155,14 +180,27 @@ def main() -> None:
         same = (r["labels"] == plain["labels"]).float().mean().item()
         label = name + (" (calibrated BN)" if calibrated else "")
         vs_mgrad = f"{reference / r['seconds']:.2f}x" if reference else "-"
+        path = ("fast" if r["low_precision"] else "fast32") if r["fast"] else "plain"
         print(
-            f"{label:<26}{'fast' if r['fast'] else 'plain':<7}{r['seconds']:>9.2f}{r['seconds'] / args.slices:>9.3f}"
+            f"{label:<26}{path:<7}{r['seconds']:>9.2f}{r['seconds'] / args.slices:>9.3f}"
             f"{vs_mgrad:>16}{plain['seconds'] / r['seconds']:>13.2f}x{r['cpu_seconds']:>11.1f}"
             f"{plain['cpu_seconds'] / r['cpu_seconds']:>11.2f}x{r['peak_mib']:>10.0f}{100 * same:>11.3f}%"
             f"{r['margin']:>15.3g}"
         )
     print("\nmedian margin: median over voxels of the gap between the two largest logits (how close labels are).")
     print("CPU s/vol: the process's CPU time (all threads); on a loaded machine it is steadier than wall time.")
+    if args.json:
+        rows = [
+            {
+                "network": name,
+                "calibrated": calibrated,
+                **{k: v for k, v in r.items() if k != "labels"},
+                "same_label": (r["labels"] == results[name, False, calibrated]["labels"]).float().mean().item(),
+                "slices": args.slices,
+            }
+            for (name, _fast, calibrated), r in results.items()
+        ]
+        args.json.write_text(json.dumps({"machine": machine_summary(args.threads), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

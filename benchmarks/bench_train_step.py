@@ -16,10 +16,13 @@ CUDA), ``MGRADTrainer(amp=True)``; ``cl`` channels-last memory format (``channel
 activation checkpointing of every encoder stage, RFB and decoder (``MGRADUNet(checkpointing="all")``); ``rfbckpt``
 of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``); ``fbsplit``/``fbautocast``:
 ``MGRADUNet(feedback_precision="split"/"autocast")`` in place of the default ``"full"`` (which part computes in float32
-under ``amp``; see ``bench_feedback_precision.py``).
+under ``amp``; see ``bench_feedback_precision.py``); ``bf16`` bfloat16 autocast on CUDA too (no gradient scaler);
+``fused`` the fused AdamW (``torch.optim.AdamW(fused=True)``), which also skips a non-finite step on the device.
+``--json PATH`` writes the results (and the machine line) to a JSON file.
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -61,7 +64,7 @@ def run_config(config: str, batch: int, size: int, warmup: int, steps: int, thre
     checkpointing = "all" if "ckpt" in options else "rfb" if "rfbckpt" in options else "none"
     feedback_precision = "split" if "fbsplit" in options else "autocast" if "fbautocast" in options else "full"
     network = MGRADUNet(2, 1, 9, checkpointing=checkpointing, feedback_precision=feedback_precision).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4, fused="fused" in options or None)
     data = [make_batch(batch, size)] * (warmup + steps)
     trainer = MGRADTrainer(
         device=device,
@@ -70,7 +73,8 @@ def run_config(config: str, batch: int, size: int, warmup: int, steps: int, thre
         network=network,
         optimizer=optimizer,
         loss_function=MGRADLoss(),
-        amp="amp" in options,
+        amp="amp" in options or "bf16" in options,
+        amp_kwargs={"dtype": torch.bfloat16} if "bf16" in options else None,
         channels_last="cl" in options,
         decollate=False,
     )
@@ -117,6 +121,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed iterations (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     configs = ["plain", *[c for c in args.configs if c != "plain"]]
     print(machine_summary(args.threads))
@@ -146,6 +151,9 @@ def main() -> None:
             f"{r['peak_mib'] / plain['peak_mib']:>8.2f}{r['loss']:>17.5f}"
         )
     print("\nCPU s/step: the process's CPU time (all threads) per step; on a loaded machine steadier than wall time.")
+    if args.json:
+        summary = {"machine": machine_summary(args.threads), "batch": args.batch, "size": args.size}
+        args.json.write_text(json.dumps({**summary, "configs": results}, indent=1))
 
 
 if __name__ == "__main__":

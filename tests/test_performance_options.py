@@ -157,11 +157,18 @@ def test_fast_inference_path_agrees_with_plain_path():
         plain = VolumeSliceInferer(roi_size=(32, 32), fast=False)(volume, net)
         fast = VolumeSliceInferer(roi_size=(32, 32), fast=True)(volume, copy.deepcopy(net))
         auto = VolumeSliceInferer(roi_size=(32, 32), sw_batch_size=3)(volume, copy.deepcopy(net))
-    assert plain.dtype == fast.dtype == auto.dtype == torch.float32
-    assert plain.shape == fast.shape == auto.shape == (1, 3, 32, 32, 6)
+        # the default on CPUs without native bfloat16: folded and channels-last in float32
+        fast32 = VolumeSliceInferer(roi_size=(32, 32), fast=True, low_precision=False)(volume, copy.deepcopy(net))
+    assert plain.dtype == fast.dtype == auto.dtype == fast32.dtype == torch.float32
+    assert plain.shape == fast.shape == auto.shape == fast32.shape == (1, 3, 32, 32, 6)
     agree = (fast.argmax(1) == plain.argmax(1)).float().mean().item()
     assert agree >= 0.999
     assert (auto.argmax(1) == plain.argmax(1)).float().mean().item() >= 0.999
-    assert isinstance(fast_path_available(torch.device("cpu")), bool)
-    assert VolumeSliceInferer(roi_size=(32, 32), fast=False).uses_fast_path(torch.device("cpu")) is False
-    assert VolumeSliceInferer(roi_size=(32, 32), fast=True).uses_fast_path(torch.device("cpu")) is True
+    torch.testing.assert_close(fast32, plain, atol=1e-4, rtol=1e-4)  # folding changes the rounding only
+    cpu = torch.device("cpu")
+    assert isinstance(fast_path_available(cpu), bool)
+    plain_inferer, forced = VolumeSliceInferer((32, 32), fast=False), VolumeSliceInferer((32, 32), fast=True)
+    default, float32 = VolumeSliceInferer((32, 32)), VolumeSliceInferer((32, 32), low_precision=False)
+    assert [i.uses_fast_path(cpu) for i in (plain_inferer, forced, default, float32)] == [False, True, True, True]
+    assert plain_inferer.uses_low_precision(cpu) is False and forced.uses_low_precision(cpu) is True
+    assert default.uses_low_precision(cpu) == fast_path_available(cpu) and float32.uses_low_precision(cpu) is False

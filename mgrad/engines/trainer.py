@@ -104,7 +104,10 @@ class MGRADTrainer(SupervisedTrainer):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _uses_scaler(self) -> bool:
-        return bool(self.amp) and self.state.device.type == "cuda"
+        """float16 autocast on CUDA needs the gradient scaler; bfloat16 (``amp_kwargs={"dtype": torch.bfloat16}``,
+        and always on CPU) has float32's range and needs none."""
+        float16 = (self.amp_kwargs or {}).get("dtype", torch.float16) == torch.float16
+        return bool(self.amp) and self.state.device.type == "cuda" and float16
 
     def _skips_on_device(self) -> bool:
         """Whether a step with a non-finite loss can be skipped on the device: by the gradient scaler, or by a fused
