@@ -1,0 +1,131 @@
+"""The GPU check: the GPU benchmarks and a short ``mgrad reproduce acdc``, every figure in one JSON.
+
+    python scripts/gpu_check.py --out DIR [--acdc-pack .device/acdc.pkl.xz --unpack .device/unpack_acdc.py]
+                                [--parts bench reproduce] [--train-seconds 120]
+
+Run by ``scripts/gpu_check.sh`` on a bare GPU machine (it installs the wheels first). Each part runs as its own
+command with a time limit, its output in ``DIR/<part>.log``; ``DIR/gpu_check.json`` collects the machine, each
+part's exit status, duration and results, and is rewritten after every part, so a part that fails or runs out of
+time loses nothing of the others.
+
+Parts: ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training
+step of every precision mode, paper widths, batch 12, 224x224, channels-last), ``train_step``
+(benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings), ``inference``
+(benchmarks/bench_inference.py: per-slice speed at batch 12, random weights, then on the trained weights of
+``reproduce`` for the label agreement), ``reproduce`` (the paper preset on the packed ACDC data for
+``--train-seconds``, evaluated under both test protocols, then ``mgrad infer`` over the test volumes, timed end to
+end).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(out: Path, name: str, command: list[str], timeout: int) -> dict:
+    """Run ``command`` with its output in ``out/<name>.log``; its exit status and seconds."""
+    start = time.monotonic()
+    with open(out / f"{name}.log", "w") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        try:
+            rc = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    return {"rc": rc, "seconds": round(time.monotonic() - start, 1)}
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def split_acdc(root: Path) -> dict:
+    """The packed ACDC data have a validation list only: its patients split in two, validation and test."""
+    names = sorted(n.strip() for n in (root / "val.list").read_text().split() if n.strip())
+    patients = sorted({n.split("_")[0] for n in names})
+    test = set(patients[::2])
+    (root / "test.list").write_text("\n".join(n for n in names if n.split("_")[0] in test) + "\n")
+    (root / "val.list").write_text("\n".join(n for n in names if n.split("_")[0] not in test) + "\n")
+    return {"validation_patients": sorted(set(patients) - test), "test_patients": sorted(test)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--acdc-pack", default=".device/acdc.pkl.xz")
+    parser.add_argument("--unpack", default=".device/unpack_acdc.py")
+    parser.add_argument("--parts", nargs="+", default=["feedback", "train_step", "reproduce", "inference"])
+    parser.add_argument("--train-seconds", type=int, default=120)
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    report: dict = {"parts": {}}
+    summary = subprocess.run(
+        [py, "-c", "import sys; sys.path.insert(0, 'benchmarks'); from common import machine_summary; "
+         "print(machine_summary())"], cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    report["machine"] = summary.stdout.strip() or summary.stderr.strip()[-500:]
+
+    def record(name: str, result: dict) -> None:
+        report["parts"][name] = result
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+        print(f"{name}: {result.get('rc')} in {result.get('seconds')} s", flush=True)
+
+    bench = ["--size", "224", "--batch", "12"]
+    if "feedback" in args.parts:
+        command = [py, "benchmarks/bench_feedback_precision.py", "--device", "cuda", "--preset", "paper", *bench]
+        command += ["--steps", "3", "--channels-last", "--json", str(out / "fb.json")]
+        result = run(out, "feedback", command, 200)
+        record("feedback", {**result, "result": read_json(out / "fb.json")})
+    if "train_step" in args.parts:
+        configs = ["plain", "amp+cl+fused", "bf16+cl+fused", "bf16+cl+fused+fbautocast"]
+        command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
+        result = run(out, "train_step", command + ["--json", str(out / "train_step.json")], 200)
+        record("train_step", {**result, "result": read_json(out / "train_step.json")})
+    data, runs = Path("/tmp/acdc"), Path("/tmp/reproduce_acdc")
+    if "reproduce" in args.parts:
+        result = run(out, "unpack", [py, args.unpack, args.acdc_pack, str(data)], 120)
+        split = split_acdc(data) if result["rc"] == 0 else {}
+        command = [py, "-m", "mgrad", "reproduce", "acdc", "--dataset_dir", str(data), "--output_dir", str(runs)]
+        command += ["--time_budget", str(args.train_seconds), "--device", "cuda:0"]
+        result = run(out, "reproduce", command, args.train_seconds + 240)
+        table = read_json(runs / "table.json")
+        if (runs / "table.md").is_file():
+            (out / "table.md").write_text((runs / "table.md").read_text())
+        record("reproduce", {**result, "split": split, "result": table})
+    weights = next(iter(sorted(runs.glob("**/model.pt"))), None)
+    if "inference" in args.parts:
+        command = [py, "benchmarks/bench_inference.py", "--networks", "MGRADUNet", "--slices", "240", "--size", "224"]
+        command += ["--sw-batch-size", "12"]
+        result = run(out, "inference", command + ["--json", str(out / "inference.json")], 120)
+        record("inference", {**result, "result": read_json(out / "inference.json")})
+        if weights is not None:
+            command += ["--checkpoint", str(weights), "--json", str(out / "inference_trained.json")]
+            result = run(out, "inference_trained", command, 120)
+            record("inference_trained", {**result, "result": read_json(out / "inference_trained.json")})
+    if weights is not None and "reproduce" in args.parts:
+        volumes = data / "volumes_test"
+        volumes.mkdir(exist_ok=True)
+        for name in (data / "test.list").read_text().split():
+            target = volumes / f"{name}.h5"
+            if not target.exists():
+                os.symlink(data / "volumes" / f"{name}.h5", target)
+        command = [py, "-m", "mgrad", "infer", "--input", str(volumes), "--output_dir", "/tmp/preds"]
+        command += ["--ckpt_path", str(weights), "--dataset", "acdc_h5", "--preset", "paper", "--device", "cuda:0"]
+        result = run(out, "infer_end_to_end", command, 120)
+        count = len(list(volumes.glob("*.h5")))
+        record("infer_end_to_end", {**result, "volumes": count, "volumes_per_second": count / result["seconds"]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU check on a bare GPU machine without network (torch with CUDA there; monai, nibabel, pytorch-ignite, fire
+# and termcolor given as wheels): installs the wheels, then runs scripts/gpu_check.py, which writes every figure to
+# OUT_DIR/gpu_check.json (see its docstring). About 8 minutes on one H100/H200.
+#   bash scripts/gpu_check.sh OUT_DIR [WHEEL_DIR (.device/whl)] [more gpu_check.py options]
+# The wheels and the packed ACDC data are made with ../shared/device/README.md's commands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:?usage: bash scripts/gpu_check.sh OUT_DIR [WHEEL_DIR] [options]}"
+wheels="${2:-.device/whl}"
+shift $(($# >= 2 ? 2 : 1))
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$wheels"/*.whl
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+exec python3 scripts/gpu_check.py --out "$out" "$@"
