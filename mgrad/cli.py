@@ -21,17 +21,22 @@ COMMANDS: Dict[str, str] = {
     "infer": "mgrad.bundle:infer",
     "evaluate": "mgrad.evaluation:evaluate",
     "export-bundle": "mgrad.export:export_bundle",
+    "reproduce": "mgrad.reproduce:reproduce",
 }
+# command name -> the field of its returned value that it prints (the others print their own report)
+PRINTED: Dict[str, str] = {"reproduce": "markdown"}
 
 
-def _load(target: str) -> Callable[..., Any]:
-    module_name, func_name = target.split(":")
+def _load(name: str) -> Callable[..., Any]:
+    module_name, func_name = COMMANDS[name].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
 
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> None:
-        # the functions print their own report; their return value serves Python callers, not the terminal
-        func(*args, **kwargs)
+        # the terminal gets the PRINTED field of the return value; the rest serves Python callers
+        result = func(*args, **kwargs)
+        if name in PRINTED:
+            print(result[PRINTED[name]])
 
     return command
 
@@ -41,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
         try:
-            fire.Fire({argv[0]: _load(COMMANDS[argv[0]])}, command=argv, name="mgrad")
+            fire.Fire({argv[0]: _load(argv[0])}, command=argv, name="mgrad")
         except Exception as e:
             if os.environ.get("MGRAD_DEBUG"):
                 raise

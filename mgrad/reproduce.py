@@ -113,7 +113,7 @@ def _train(row: _Row, budget: float | None, bundle_root: Path, settings: dict[st
 def _evaluate(row: _Row, protocol: str, bundle_root: Path, settings: dict[str, Any]) -> dict[str, Any]:
     out = row.dir / f"test_{protocol}"
     summary = _read_json(out / "metrics.json")
-    if summary is not None:
+    if summary is not None and not summary["errors"]:
         return summary
     start = time.monotonic()
     run_config(
@@ -128,7 +128,11 @@ def _evaluate(row: _Row, protocol: str, bundle_root: Path, settings: dict[str, A
     timing = row.timing()
     timing["eval_seconds"][protocol] = time.monotonic() - start
     _write_json(row.timing_file, timing)
-    return json.loads((out / "metrics.json").read_text())
+    summary = json.loads((out / "metrics.json").read_text())
+    if summary["errors"]:
+        failed = "; ".join(summary["errors"].values())
+        raise RuntimeError(f"{len(summary['errors'])} test case(s) failed under the {protocol} protocol: {failed}")
+    return summary
 
 
 def reproduce(
@@ -238,7 +242,8 @@ def reproduce(
         "float32, label map zoomed back with nearest neighbour; Dice and HD95 per class and volume in voxels, a "
         "class absent from the ground truth but predicted scores Dice 1 / HD95 0, absent from the prediction 0 / 0.",
         "MONAI protocol: the bundle's default inference (whole-volume in-plane resize, Invertd to the original "
-        "geometry); HD95 in mm; classes absent from a case are skipped in the means.",
+        "geometry); HD95 in mm (in voxels for files that carry no spacing, such as h5); classes absent from a case "
+        "are skipped in the means.",
     ]
     markdown = format_markdown(TABLE_TITLES[table], class_names, rows, notes)
     result = {**run, "time_budget": time_budget, "hardware": hardware, "splits": counts, "rows": rows,

@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
 from scipy.ndimage import zoom
 from torch import Tensor
 
@@ -102,4 +104,7 @@ class ZoomSliceInferer(Inferer):
                 index = torch.from_numpy(label).to(inputs.device)[None]
                 one_hot = torch.zeros((self.num_classes, *label.shape), dtype=torch.float32, device=inputs.device)
                 outputs.append(one_hot.scatter_(0, index, 1.0))
-        return torch.stack(outputs)
+        output = torch.stack(outputs)
+        if isinstance(inputs, MetaTensor):  # the input's metadata, as MONAI's inferers keep it (file names, affine)
+            return convert_to_dst_type(output, MetaTensor([]).copy_meta_from(inputs, copy_attr=False))[0]
+        return output
