@@ -14,8 +14,9 @@ class SliceDataset(Dataset):
     """A map-style dataset over ``(volume, slice)`` pairs: item ``i`` is one 2D slice of one volume.
 
     Each volume is decoded and preprocessed once by ``transform`` (deterministic; its results are cached in a MONAI
-    ``CacheDataset``), then item ``i`` is ``slice_transform({**volume, "slice_index": z})``, which selects slice ``z``
-    (e.g. :class:`mgrad.transforms.SelectSliced`) and may augment it. The length is the total number of slices along
+    ``CacheDataset``), then item ``i``, slice ``z`` of volume ``v``, is
+    ``slice_transform({**volume, "volume_index": v, "slice_index": z})``, which selects the slice (e.g.
+    :class:`mgrad.transforms.SelectSliced`) and may augment it. The length is the total number of slices along
     the last axis of ``depth_key``, so a ``DataLoader(shuffle=True)`` visits every slice once per epoch, in batches
     drawn across all volumes with no foreground bias, as the published training does. A dataset of single-slice
     files (depth 1) gives one item per file.
@@ -58,4 +59,4 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         v, z = self.index[i]
-        return apply_transform(self.slice_transform, {**self.volumes[v], "slice_index": z})
+        return apply_transform(self.slice_transform, {**self.volumes[v], "volume_index": v, "slice_index": z})
