@@ -116,6 +116,8 @@ def _evaluate(row: _Row, protocol: str, bundle_root: Path, settings: dict[str, A
     if summary is not None and not summary["errors"]:
         return summary
     start = time.monotonic()
+    # the inference config names the dataset `dataset_name`
+    settings = {("dataset_name" if k == "dataset" else k): v for k, v in settings.items()}
     run_config(
         ["inference", "evaluate", *row.configs],
         bundle_root,

@@ -12,7 +12,7 @@ from monai.utils import convert_to_dst_type
 from scipy.ndimage import zoom
 from torch import Tensor
 
-__all__ = ["ZoomSliceInferer", "zoom_slice_labels"]
+__all__ = ["ZoomSliceInferer", "protocol_inferer", "zoom_slice_labels"]
 
 
 @contextmanager
@@ -108,3 +108,12 @@ class ZoomSliceInferer(Inferer):
         if isinstance(inputs, MetaTensor):  # the input's metadata, as MONAI's inferers keep it (file names, affine)
             return convert_to_dst_type(output, MetaTensor([]).copy_meta_from(inputs, copy_attr=False))[0]
         return output
+
+
+def protocol_inferer(protocol: str, default: Inferer, transunet: Inferer) -> Inferer:
+    """The inferer of a test ``protocol``: ``default`` (MONAI's) for ``"default"``, ``transunet`` (a
+    :class:`ZoomSliceInferer`) for ``"transunet"``; any other name raises ``ValueError`` listing both."""
+    choices = {"default": default, "transunet": transunet}
+    if protocol not in choices:
+        raise ValueError(f"unknown protocol '{protocol}'; choose one of {sorted(choices)}")
+    return choices[protocol]

@@ -14,13 +14,14 @@ from mgrad.transforms.validate import ValidateCased
 
 def volume_transforms(
     preset: str,
-    spatial_size: int,
+    spatial_size: Optional[int],
     label_map: Optional[Mapping[int, int]] = None,
     with_label: bool = True,
     num_classes: Optional[int] = None,
     require_volume: bool = True,
 ) -> Compose:
-    """Deterministic 3D preprocessing to ``(C, H, W, D)`` with H = W = ``spatial_size`` and D kept.
+    """Deterministic 3D preprocessing to ``(C, H, W, D)`` with H = W = ``spatial_size`` (``None``: the original
+    in-plane size, for per-slice zooming at inference) and D kept.
 
     Load (NIfTI/npz/h5) -> channel first -> RAS -> validate (file named in any error) -> intensity ``preset`` ->
     in-plane resize -> ``label_map``. The spatial steps are MONAI invertible transforms, so
@@ -37,10 +38,10 @@ def volume_transforms(
         Orientationd(keys, axcodes="RAS"),
         ValidateCased(keys, num_classes if label_map is None else None, label_map, require_volume),
         *intensity_transforms(preset, "image"),
-        Resized(
-            keys, spatial_size=(spatial_size, spatial_size, -1), mode=modes, anti_aliasing=[True, False][: len(keys)]
-        ),
     ]
+    if spatial_size is not None:
+        resize = (spatial_size, spatial_size, -1)
+        chain.append(Resized(keys, spatial_size=resize, mode=modes, anti_aliasing=[True, False][: len(keys)]))
     if with_label and label_map is not None:
         orig = sorted(label_map)
         chain.append(MapLabelValued("label", orig_labels=orig, target_labels=[label_map[k] for k in orig]))
