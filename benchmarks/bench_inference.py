@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="also the MGRAD-UNet rows with calibrated BN")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    print(machine_summary(args.threads))
+    print(machine_summary(threads=args.threads))
     print(
         f"volume 1x1x{args.size}x{args.size}x{args.slices} through VolumeSliceInferer(sw_batch_size="
         f"{args.sw_batch_size}), torch.inference_mode, random weights; each row in a fresh process"

@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
     args = parser.parse_args()
     configs = ["plain", *[c for c in args.configs if c != "plain"]]
-    print(machine_summary(args.threads))
+    print(machine_summary(threads=args.threads))
     print(
         f"MGRADTrainer iteration: 3 feedback passes (3 optimizer steps), batch {args.batch}, "
         f"{args.size}x{args.size}, full-size MGRAD-UNet, MGRADLoss, AdamW; "

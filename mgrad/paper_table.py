@@ -4,7 +4,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mgrad.data.presets import ACDC_CLASSES, SYNAPSE_CLASSES
+from mgrad.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
 
 __all__ = ["PAPER_ROWS", "PROTOCOL_TITLES", "measured_row", "format_markdown"]
 

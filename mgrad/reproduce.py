@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mgrad.bundle import config_names, default_bundle_root, run_config
-from mgrad.data.datalist import get_datalist
+from mgrad.bundle import config_names, default_bundle_root, merged_config, run_config, split_overrides
+from mgrad.data.datasets import get_datalist
 from mgrad.data.errors import DataError
-from mgrad.hardware import describe_hardware
+from mgrad.hardware import machine_summary
 from mgrad.paper_table import PAPER_ROWS, format_markdown, measured_row
 from mgrad.writers import atomic_path
 
@@ -26,6 +26,7 @@ TABLE_TITLES = {"synapse": "Synapse multi-organ CT (the paper's Table 1)", "acdc
 # baseline name -> (row title, bundle configs layered on the training and inference configs)
 BASELINES: dict[str, tuple[str, list[str]]] = {"basicunet": ("BasicUNet (MONAI)", ["baseline_basicunet"])}
 PROTOCOLS = ("transunet", "default")
+EVAL_CONFIGS = ["inference", "evaluate"]
 # settings that change what is trained: a rerun into the same output_dir must keep them
 _RUN_KEYS = ("table", "dataset", "dataset_dir", "preset", "epochs", "seed", "baselines", "overrides")
 
@@ -65,11 +66,16 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 class _Row:
-    """One model's folder under the output: ``models/``, ``logs/``, ``timing.json``, ``test_<protocol>/``."""
+    """One model's folder under the output: ``models/``, ``logs/``, ``timing.json``, ``test_<protocol>/``; and the
+    settings of its training and of its evaluation, each run given the ``settings`` that name its config ids."""
 
-    def __init__(self, root: Path, name: str, title: str, configs: list[str]) -> None:
+    def __init__(
+        self, root: Path, name: str, title: str, configs: list[str], bundle_root: Path, settings: dict[str, Any]
+    ) -> None:
         self.dir, self.name, self.title, self.configs = root / name, name, title, configs
         self.models, self.logs, self.timing_file = self.dir / "models", self.dir / "logs", self.dir / "timing.json"
+        runs = [merged_config(["train", *configs], bundle_root), merged_config(EVAL_CONFIGS + configs, bundle_root)]
+        self.train_settings, self.eval_settings = split_overrides(settings, runs)
 
     def timing(self) -> dict[str, Any]:
         return _read_json(self.timing_file) or {"train_seconds": 0.0, "train_done": False, "eval_seconds": {}}
@@ -86,7 +92,7 @@ class _Row:
         return history["epoch"][-1] if history and history.get("epoch") else None
 
 
-def _train(row: _Row, budget: float | None, bundle_root: Path, settings: dict[str, Any]) -> None:
+def _train(row: _Row, budget: float | None, bundle_root: Path) -> None:
     timing = row.timing()
     if timing["train_done"]:
         return
@@ -104,28 +110,26 @@ def _train(row: _Row, budget: float | None, bundle_root: Path, settings: dict[st
         log_dir=str(row.logs),
         resume=True,
         time_budget=None if remaining is None else max(remaining, 1.0),
-        **settings,
+        **row.train_settings,
     )
     timing = {**row.timing(), "train_seconds": spent + time.monotonic() - start, "train_done": True}
     _write_json(row.timing_file, {**timing, "attempt_start": None})
 
 
-def _evaluate(row: _Row, protocol: str, bundle_root: Path, settings: dict[str, Any]) -> dict[str, Any]:
+def _evaluate(row: _Row, protocol: str, bundle_root: Path) -> dict[str, Any]:
     out = row.dir / f"test_{protocol}"
     summary = _read_json(out / "metrics.json")
     if summary is not None and not summary["errors"]:
         return summary
     start = time.monotonic()
-    # the inference config names the dataset `dataset_name`
-    settings = {("dataset_name" if k == "dataset" else k): v for k, v in settings.items()}
     run_config(
-        ["inference", "evaluate", *row.configs],
+        EVAL_CONFIGS + row.configs,
         bundle_root,
         split="test",
         protocol=protocol,
         ckpt_path=str(row.models / "model.pt"),
         output_dir=str(out),
-        **settings,
+        **row.eval_settings,
     )
     timing = row.timing()
     timing["eval_seconds"][protocol] = time.monotonic() - start
@@ -187,9 +191,19 @@ def reproduce(
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
     preset = "small" if small else preset
     synapse = table == "synapse"
-    counts = _check_splits(dataset, dataset_dir, synapse)
     root = Path(bundle_root) if bundle_root else default_bundle_root()
     out = Path(output_dir or f"runs/reproduce_{table}")
+    settings = {"dataset": dataset, "dataset_dir": dataset_dir, "preset": preset, "seed": seed, **overrides}
+    if device is not None:
+        settings["device"] = device
+    if epochs is not None:
+        settings["epochs"] = epochs
+    if synapse:  # no validation split: validate only once training ends, so that model.pt holds the last weights
+        settings["val_interval"] = 10**9
+    # an option that no config reads fails here, before anything is written or trained
+    models = [_Row(out, "mgrad_unet", "MGRAD-UNet", [], root, settings)]
+    models += [_Row(out, name, BASELINES[name][0], BASELINES[name][1], root, settings) for name in names]
+    counts = _check_splits(dataset, dataset_dir, synapse)
     run = {"table": table, "dataset": dataset, "dataset_dir": str(Path(dataset_dir).resolve()), "preset": preset,
            "epochs": epochs, "seed": seed, "baselines": names, "overrides": overrides}  # fmt: skip
     saved = _read_json(out / "run.json")
@@ -197,23 +211,13 @@ def reproduce(
         raise ValueError(f"{out} holds a run with other settings ({out / 'run.json'}); choose another --output_dir")
     _write_json(out / "run.json", run)
 
-    common = {"dataset": dataset, "dataset_dir": dataset_dir, "preset": preset, "seed": seed, **overrides}
-    if device is not None:
-        common["device"] = device
-    train_settings = dict(common)
-    if epochs is not None:
-        train_settings["epochs"] = epochs
-    if synapse:  # no validation split: validate only once training ends, so that model.pt holds the last weights
-        train_settings["val_interval"] = 10**9
-    hardware = describe_hardware(device)
+    hardware = machine_summary(device)
     rows = [dict(PAPER_ROWS[table])]
-    models = [_Row(out, "mgrad_unet", "MGRAD-UNet", [])]
-    models += [_Row(out, name, BASELINES[name][0], BASELINES[name][1]) for name in names]
     class_names: list[str] = list(rows[0]["dice"])
     for row in models:
-        _train(row, time_budget, root, train_settings)
+        _train(row, time_budget, root)
         for protocol in PROTOCOLS:
-            summary = _evaluate(row, protocol, root, common)
+            summary = _evaluate(row, protocol, root)
             class_names = summary["class_names"]
             timing = row.timing()
             rows.append(

@@ -5,9 +5,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Resized
 from scipy.ndimage import zoom
 
 from mgrad import metrics
+from mgrad.bundle import merged_config
+from mgrad.errors import root_cause
+from mgrad.inferers import VolumeSliceInferer
 from mgrad.zoom_inferer import ZoomSliceInferer
 
 
@@ -76,3 +80,24 @@ def test_rejects_bad_arguments():
         ZoomSliceInferer((64,), num_classes=2)
     with pytest.raises(ValueError, match=r"\(B, C, H, W, D\)"):
         ZoomSliceInferer((8, 8), num_classes=2)(torch.zeros(1, 1, 8, 8), _network(2))
+
+
+@pytest.mark.parametrize(
+    "protocol,inferer,resized", [("transunet", ZoomSliceInferer, False), ("default", VolumeSliceInferer, True)]
+)
+def test_bundle_protocol_picks_the_inferer_and_the_in_plane_resize(protocol, inferer, resized, phantom_dir):
+    """One ``protocol`` id (inference.json) serves ``infer`` and ``evaluate``: the published protocol runs on the
+    original in-plane size (no Resized step) with the zooming inferer."""
+    parser = merged_config(["inference", "evaluate"])
+    parser.update({"dataset_dir": str(phantom_dir), "protocol": protocol, "device": "$torch.device('cpu')"})
+    chosen = parser.get_parsed_content("evaluator#inferer")
+    assert type(chosen) is inferer
+    if protocol == "transunet":
+        assert chosen.roi_size == (96, 96) and chosen.num_classes == 9
+    steps = parser.get_parsed_content("preprocessing").transforms
+    assert any(isinstance(t, Resized) for t in steps) == resized
+    assert parser.get_parsed_content("report").protocol == protocol
+    parser["protocol"] = "nnunet"
+    with pytest.raises(RuntimeError) as error:
+        parser.get_parsed_content("evaluator#inferer", lazy=False)
+    assert "unknown protocol 'nnunet'; choose one of ['default', 'transunet']" in str(root_cause(error.value))

@@ -23,7 +23,8 @@ class SliceDataset(Dataset):
 
     Args:
         data: datalist of ``{"image": ..., "label": ...}`` dicts (volumes or 2D slice files).
-        transform: deterministic preprocessing to channel-first ``(C, H, W, D)`` arrays.
+        transform: deterministic preprocessing to channel-first ``(C, H, W, D)`` arrays: a callable, a list of
+            them (composed in order, as the bundle's ``train#volume_transforms``) or ``None``.
         slice_transform: applied to each item's dict; it must select the slice.
         depth_key: the key whose last axis counts the slices.
         num_workers: threads that fill the cache (``None``: MONAI's default).
@@ -40,7 +41,7 @@ class SliceDataset(Dataset):
     def __init__(
         self,
         data: Sequence[dict],
-        transform: Callable | None,
+        transform: Sequence[Callable] | Callable | None,
         slice_transform: Callable,
         depth_key: str = "image",
         num_workers: int | None = 1,

@@ -1,6 +1,6 @@
 """The two transform chains the bundle and the trainer build: deterministic 3D preprocessing, and training."""
 
-from typing import List, Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, MapLabelValued, Orientationd, Resized
@@ -14,14 +14,13 @@ from mgrad.transforms.validate import ValidateCased
 
 def volume_transforms(
     preset: str,
-    spatial_size: Optional[int],
-    label_map: Optional[Mapping[int, int]] = None,
+    spatial_size: int,
+    label_map: Mapping[int, int] | None = None,
     with_label: bool = True,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     require_volume: bool = True,
 ) -> Compose:
-    """Deterministic 3D preprocessing to ``(C, H, W, D)`` with H = W = ``spatial_size`` (``None``: the original
-    in-plane size, for per-slice zooming at inference) and D kept.
+    """Deterministic 3D preprocessing to ``(C, H, W, D)`` with H = W = ``spatial_size`` and D kept.
 
     Load (NIfTI/npz/h5) -> channel first -> RAS -> validate (file named in any error) -> intensity ``preset`` ->
     in-plane resize -> ``label_map``. The spatial steps are MONAI invertible transforms, so
@@ -32,16 +31,16 @@ def volume_transforms(
     """
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["trilinear", "nearest-exact"][: len(keys)]
-    chain: List = [
+    chain: list = [
         LoadVolumed(keys),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS"),
         ValidateCased(keys, num_classes if label_map is None else None, label_map, require_volume),
         *intensity_transforms(preset, "image"),
+        Resized(
+            keys, spatial_size=(spatial_size, spatial_size, -1), mode=modes, anti_aliasing=[True, False][: len(keys)]
+        ),
     ]
-    if spatial_size is not None:
-        resize = (spatial_size, spatial_size, -1)
-        chain.append(Resized(keys, spatial_size=resize, mode=modes, anti_aliasing=[True, False][: len(keys)]))
     if with_label and label_map is not None:
         orig = sorted(label_map)
         chain.append(MapLabelValued("label", orig_labels=orig, target_labels=[label_map[k] for k in orig]))
@@ -53,10 +52,10 @@ def train_transforms(
     preset: str,
     spatial_size: int,
     num_samples: int,
-    pos_fraction: Optional[float],
-    label_map: Optional[Mapping[int, int]] = None,
+    pos_fraction: float | None,
+    label_map: Mapping[int, int] | None = None,
     augment: bool = True,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
 ) -> Compose:
     """:func:`volume_transforms` (with labels, slice files allowed) + foreground index -> ``num_samples`` random
     slices (``pos_fraction`` of them with foreground; ``None``: uniform) -> 2D augmentation -> plain tensors.
