@@ -226,6 +226,12 @@ def train(
     ``baseline_basicunet``: MONAI's BasicUNet through the identical pipeline). The best model goes to
     ``<bundle_root>/models/model.pt``.
 
+    Args:
+        bundle_root: the bundle folder; default :func:`default_bundle_root`.
+        multi_gpu: add ``multi_gpu_train.json`` (run under ``torchrun``).
+        configs: more bundle configs layered on top.
+        overrides: config ids and their values.
+
     Returns:
         ``{"best_metric": best validation mean Dice, "best_metric_epoch": its epoch}``.
     """
@@ -248,6 +254,14 @@ def infer(
     Predictions have each input's shape, affine and orientation. ``ckpt_path`` defaults to the bundle's
     ``models/model.pt``; other bundle ids (``--dataset``, ``--preset``, ``--fast false``) can be overridden;
     ``--configs NAME`` layers more of the bundle's configs on top, as for :func:`train`.
+
+    Args:
+        input: a folder of volumes, or a datalist ``.json``.
+        output_dir: where the predictions go (``<input name>_seg.nii.gz``).
+        bundle_root: the bundle folder; default :func:`default_bundle_root`.
+        ckpt_path: the weights; default ``<bundle_root>/models/model.pt``.
+        configs: more bundle configs layered on top.
+        overrides: config ids and their values.
 
     Returns:
         the prediction files written, one per input volume.
