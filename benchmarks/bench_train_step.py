@@ -14,7 +14,9 @@ iteration (same seed, same data), so the configurations' numerics can be compare
 Configurations (combine with "+"): ``plain`` fp32; ``amp`` bfloat16 autocast on CPU (float16 + grad scaler on
 CUDA), ``MGRADTrainer(amp=True)``; ``cl`` channels-last memory format (``channels_last=True``); ``ckpt``
 activation checkpointing of every encoder stage, RFB and decoder (``MGRADUNet(checkpointing="all")``); ``rfbckpt``
-of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``).
+of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``); ``fbsplit``/``fbautocast``:
+``MGRADUNet(feedback_precision="split"/"autocast")`` in place of the default ``"full"`` (which part computes in float32
+under ``amp``; see ``bench_feedback_precision.py``).
 """
 
 import argparse
@@ -57,7 +59,8 @@ def run_config(config: str, batch: int, size: int, warmup: int, steps: int, thre
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     checkpointing = "all" if "ckpt" in options else "rfb" if "rfbckpt" in options else "none"
-    network = MGRADUNet(2, 1, 9, checkpointing=checkpointing).to(device)
+    feedback_precision = "split" if "fbsplit" in options else "autocast" if "fbautocast" in options else "full"
+    network = MGRADUNet(2, 1, 9, checkpointing=checkpointing, feedback_precision=feedback_precision).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4)
     data = [make_batch(batch, size)] * (warmup + steps)
     trainer = MGRADTrainer(

@@ -1,7 +1,8 @@
 """Whole-volume inference: MONAI's SliceInferer over the slice axis, with a fast path chosen by the hardware."""
 
 import copy
-from typing import Any, Callable, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from monai.inferers import SliceInferer
@@ -54,13 +55,31 @@ class VolumeSliceInferer(SliceInferer):
     (:func:`fold_batch_norms`; kept until the network's weights change), in channels-last memory format under
     autocast (bfloat16 on CPU, float16 on CUDA), plus cuDNN autotuning on CUDA; the output is float32 either way.
     ``fast=None`` takes it where :func:`fast_path_available` says the hardware supports it; ``True``/``False`` force it
-    on or off. Other arguments are ``SliceInferer``'s (``roi_size``, ``sw_batch_size``, ``overlap``, ...).
+    on or off.
+
+    Args:
+        roi_size: the in-plane window of the 2D network (e.g. ``(224, 224)``).
+        spatial_dim: the slice axis among the volume's spatial axes (2: the last of ``(B, C, H, W, D)``).
+        fast: the fast path: ``None`` where the hardware supports it, ``True``/``False`` always/never.
+        kwargs: ``SliceInferer``'s other arguments (``sw_batch_size``, ``overlap``, ``mode``, ...).
+
+    ``__call__(inputs, network)`` takes a volume ``(B, C, *spatial)`` and an eval-mode 2D network.
+
+    Returns:
+        the network's output for every slice, stacked back along the slice axis: ``(B, out_channels, *spatial)``,
+        float32.
+
+    Example::
+
+        >>> inferer = VolumeSliceInferer(roi_size=(224, 224), sw_batch_size=8)
+        >>> with torch.inference_mode():
+        ...     logits = inferer(torch.rand(1, 1, 224, 224, 40), net.eval())   # (1, out_channels, 224, 224, 40)
     """
 
-    def __init__(self, roi_size: Sequence[int], spatial_dim: int = 2, fast: Optional[bool] = None, **kwargs: Any):
+    def __init__(self, roi_size: Sequence[int], spatial_dim: int = 2, fast: bool | None = None, **kwargs: Any):
         super().__init__(spatial_dim=spatial_dim, roi_size=roi_size, **kwargs)
         self.fast = fast
-        self._folded: Optional[Tuple[int, Tuple[int, ...], nn.Module]] = None  # (id, weight versions, copy)
+        self._folded: tuple[int, tuple[int, ...], nn.Module] | None = None  # (id, weight versions, copy)
 
     def uses_fast_path(self, device: torch.device) -> bool:
         return fast_path_available(device) if self.fast is None else self.fast
@@ -70,7 +89,7 @@ class VolumeSliceInferer(SliceInferer):
         if network.training:
             return network.to(memory_format=torch.channels_last)
         try:
-            versions: Optional[Tuple[int, ...]] = tuple(t._version for t in (*network.parameters(), *network.buffers()))
+            versions: tuple[int, ...] | None = tuple(t._version for t in (*network.parameters(), *network.buffers()))
         except RuntimeError:  # inference tensors have no version counter: fold again every call
             versions = None
         cached = self._folded

@@ -9,6 +9,7 @@ from torch.nn.modules.loss import _Loss
 import mgrad.losses
 from mgrad.losses import AggregatedLoss, MGRADLoss
 from mgrad.losses.aggregated import subset_matrix
+from mgrad.losses.mgrad_loss import default_segmentation_loss
 from mgrad.networks import MGRADOutput
 
 
@@ -123,3 +124,40 @@ def test_mgrad_loss_custom_loss_and_errors():
         MGRADLoss()(out, torch.zeros(2, 2, 16, 16))
     with pytest.raises(ValueError, match="deep_supervision"):
         MGRADLoss(deep_supervision="deep")
+
+
+def released_dice_ce(logits, target):
+    """The released loss: 0.3 * CE + 0.7 * mean over classes of 1 - (2 sum p t + 1e-5) / (sum p^2 + sum t^2 + 1e-5)."""
+    ce = F.cross_entropy(logits, target[:, 0])
+    p = logits.softmax(1)
+    onehot = F.one_hot(target[:, 0], logits.shape[1]).movedim(-1, 1).float()
+    dims = [0] + list(range(2, logits.dim()))
+    dice = (2 * (p * onehot).sum(dims) + 1e-5) / ((p * p).sum(dims) + (onehot * onehot).sum(dims) + 1e-5)
+    return 0.3 * ce + 0.7 * (1 - dice).mean()
+
+
+def test_released_dice_form():
+    out, target = fake_output(), torch.randint(0, 3, (2, 1, 16, 16))
+    logits = out.pred1.clone().requires_grad_()
+    loss = default_segmentation_loss(squared_pred=True)
+    assert loss(logits, target).item() == pytest.approx(released_dice_ce(logits, target).item(), rel=1e-6)
+    got = torch.autograd.grad(loss(logits, target), logits)[0]
+    torch.testing.assert_close(got, torch.autograd.grad(released_dice_ce(logits, target), logits)[0])
+    monai_default = torch.autograd.grad(default_segmentation_loss()(logits, target), logits)[0]
+    assert not torch.allclose(monai_default, got, rtol=1e-2, atol=0)  # MONAI's sum p + sum t is another gradient
+    expected = (
+        released_dice_ce(out.pred1, target)
+        + released_dice_ce(out.pred2, target)
+        + naive_aggregated(released_dice_ce, out.side_preds, target)
+    )
+    assert MGRADLoss(squared_pred=True)(out, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="squared_pred"):
+        MGRADLoss(loss=DiceLoss(), squared_pred=True)
+
+
+def test_table2_loss_is_weighted_with_unit_weights():
+    out, target = fake_output(), torch.randint(0, 3, (2, 1, 16, 16))
+    expected = sum(released_dice_ce(p, target) for p in (out.pred1, out.pred2, *out.side_preds))
+    assert MGRADLoss.table2()(out, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    explicit = MGRADLoss(deep_supervision="weighted", side_weights=(1,) * 5, squared_pred=True)
+    assert explicit(out, target).item() == pytest.approx(expected.item(), rel=1e-5)

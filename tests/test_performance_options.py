@@ -122,13 +122,22 @@ def test_trainer_with_checkpointing_matches_plain(amp):
         torch.testing.assert_close(ckpt_state[name].float(), state[name].float(), rtol=tol, atol=tol, msg=name)
 
 
-def test_amp_on_cpu_runs_in_bfloat16_without_scaler_warnings(recwarn):
-    net = small_net()
+@pytest.mark.parametrize(
+    "feedback_precision,encoder,decoder",
+    [
+        ("autocast", torch.bfloat16, torch.bfloat16),
+        ("split", torch.bfloat16, torch.float32),
+        ("full", torch.float32, torch.float32),
+    ],
+)
+def test_amp_on_cpu_runs_in_bfloat16_without_scaler_warnings(recwarn, feedback_precision, encoder, decoder):
+    net = small_net(feedback_precision=feedback_precision)
     seen = []
+    net.rfbs[0].fuse.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     net.msd.pred.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer = make_trainer(net, squares(1), amp=True)
     trainer.run()
-    assert seen == [torch.bfloat16] * 3
+    assert seen == [encoder, decoder] * 3
     assert math.isfinite(trainer.state.output[0]["loss"])
     assert not [w for w in recwarn if "GradScaler" in str(w.message)]
 

@@ -118,6 +118,30 @@ def test_non_finite_loss_stops_before_the_step():
     assert all(torch.equal(before[name], p) for name, p in net.named_parameters())
 
 
+@pytest.mark.parametrize("step_per_pass", [True, False])
+def test_non_finite_loss_skipped_on_device_by_a_fused_optimizer(step_per_pass):
+    net = RecordingNet()
+    data = toy_batches(2)
+    data[1]["image"][0, 0, 0, 0] = float("nan")
+    after_first = {}
+    trainer = MGRADTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), lr=1e-2, fused=True),
+        loss_function=MGRADLoss(),
+        step_per_pass=step_per_pass,
+    )
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: after_first.update({k: p.clone() for k, p in net.named_parameters()})
+    )
+    with pytest.raises(NonFiniteLossError, match="iteration 2, feedback pass 1; .* were not applied"):
+        trainer.run()
+    assert after_first and all(torch.equal(after_first[name], p) for name, p in net.named_parameters())
+    assert all(s["step"].item() == (3 if step_per_pass else 1) for s in trainer.optimizer.state.values())
+
+
 def test_rejects_bad_options():
     with pytest.raises(ValueError, match="feedback_passes"):
         make_trainer(RecordingNet(), toy_batches(1), feedback_passes=0)

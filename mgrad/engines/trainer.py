@@ -1,8 +1,9 @@
 """MGRADTrainer: MONAI's SupervisedTrainer with MGRAD-UNet's gated feedback passes in each iteration."""
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
@@ -14,7 +15,7 @@ __all__ = ["MGRADTrainer", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the step that produced it was not applied."""
+    """The loss became NaN or infinite; see :class:`MGRADTrainer` for which steps were applied."""
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -36,12 +37,33 @@ class MGRADTrainer(SupervisedTrainer):
     handler works as with it. ``engine.state.output`` holds ``image``, ``label``, ``pred`` (the last pass's output,
     detached) and ``loss`` (the mean over passes); ``engine.state.pass_losses`` holds each pass's loss.
 
+    A non-finite loss stops training with :class:`NonFiniteLossError` (naming the epoch, iteration and pass) without
+    a host synchronisation per pass:
+
+    - with an optimizer that skips a step on the device (a fused one, e.g. ``torch.optim.AdamW(..., fused=True)``;
+      recommended on CUDA) or with the float16 gradient scaler, every step with a non-finite loss is skipped on
+      the device and the error is raised at the end of the iteration (one synchronisation an iteration);
+    - otherwise on CPU (where reading a value costs no synchronisation) each pass's loss is checked before its step,
+      which is then not applied;
+    - otherwise on CUDA the losses are checked once at the end of the iteration: that iteration's steps are applied
+      to the network in memory, but nothing is saved after the error (checkpoints already written are kept).
+
     Args:
         feedback_passes: passes per batch (3 as released; 1 is plain supervised training).
         step_per_pass: one optimizer step per pass (as released) or one per batch.
         amp: mixed precision: float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU.
         channels_last: run the network and its inputs in channels-last memory format (2D only).
         grad_clip_norm: clip the gradients' global norm to this value before each step (``None``: no clipping).
+
+    Example::
+
+        >>> net = MGRADUNet(spatial_dims=2, in_channels=1, out_channels=4)
+        >>> trainer = MGRADTrainer(
+        ...     device=torch.device("cuda"), max_epochs=300, train_data_loader=loader, network=net.cuda(),
+        ...     optimizer=torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4, fused=True),
+        ...     loss_function=MGRADLoss(squared_pred=True), amp=True, channels_last=True,
+        ... )
+        >>> trainer.run()   # trainer.state.pass_losses: (3,), the last iteration's loss of each pass
     """
 
     def __init__(
@@ -50,7 +72,7 @@ class MGRADTrainer(SupervisedTrainer):
         feedback_passes: int = 3,
         step_per_pass: bool = True,
         channels_last: bool = False,
-        grad_clip_norm: Optional[float] = None,
+        grad_clip_norm: float | None = None,
         decollate: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -81,8 +103,16 @@ class MGRADTrainer(SupervisedTrainer):
             return torch.autocast("cuda", enabled=self.amp, **self.amp_kwargs)
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
 
+    def _uses_scaler(self) -> bool:
+        return bool(self.amp) and self.state.device.type == "cuda"
+
+    def _skips_on_device(self) -> bool:
+        """Whether a step with a non-finite loss can be skipped on the device: by the gradient scaler, or by a fused
+        optimizer given ``found_inf`` (the protocol ``torch.amp.GradScaler`` uses with it)."""
+        return self._uses_scaler() or getattr(self.optimizer, "_step_supports_amp_scaling", False)
+
     def _step(self, loss: Tensor) -> None:
-        scaler = self.scaler if self.amp and self.state.device.type == "cuda" else None
+        scaler = self.scaler if self._uses_scaler() else None
         if scaler is not None:
             scaler.scale(loss).backward()
         else:
@@ -92,21 +122,37 @@ class MGRADTrainer(SupervisedTrainer):
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip_norm)
-        if scaler is not None:
+        if scaler is not None:  # skips the step where the gradients are not finite
             scaler.step(self.optimizer)
             scaler.update()
+        elif self._skips_on_device():
+            self.optimizer.found_inf = (~torch.isfinite(loss.detach())).float()
+            self.optimizer.grad_scale = None
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf, self.optimizer.grad_scale
         else:
             self.optimizer.step()
 
-    def _check_finite(self, loss: Tensor, pass_index: int) -> None:
-        if not torch.isfinite(loss).item():
-            raise NonFiniteLossError(
-                f"Loss is {loss.item()} at epoch {self.state.epoch}, iteration {self.state.iteration}, "
-                f"feedback pass {pass_index + 1}; training stopped before applying this step "
-                "(checkpoints already written are kept)."
+    def _check_finite(self, losses: Tensor, first_pass: int) -> None:
+        """Raise :class:`NonFiniteLossError` if any of ``losses`` (passes ``first_pass``, ...) is not finite."""
+        if bool(torch.isfinite(losses).all()):
+            return
+        k = int((~torch.isfinite(losses)).nonzero()[0, 0])
+        applied = not self._skips_on_device() and losses.numel() > 1
+        raise NonFiniteLossError(
+            f"Loss is {losses[k].item()} at epoch {self.state.epoch}, iteration {self.state.iteration}, "
+            f"feedback pass {first_pass + k + 1}; training stopped, "
+            + (
+                "this iteration's steps are applied in memory and nothing is saved after this error "
+                if applied
+                else "the steps of non-finite losses were not applied "
             )
+            + "(checkpoints already written are kept)."
+        )
 
-    def _iteration(self, engine: "MGRADTrainer", batchdata: Dict[str, Tensor]) -> Dict[str, Any]:
+    def _iteration(self, engine: "MGRADTrainer", batchdata: dict[str, Tensor]) -> dict[str, Any]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
@@ -117,9 +163,11 @@ class MGRADTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         engine.network.train()
         model = unwrap(engine.network)
+        # where a step cannot be skipped on the device, a CPU checks each pass (a free read); CUDA once at the end
+        check_each_pass = not engine._skips_on_device() and inputs.device.type != "cuda"
 
-        feedback: Optional[List[Tensor]] = None
-        losses: List[Tensor] = []
+        feedback: list[Tensor] | None = None
+        losses: list[Tensor] = []
         output: Any = None
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         for k in range(engine.feedback_passes):
@@ -131,7 +179,8 @@ class MGRADTrainer(SupervisedTrainer):
                 engine.fire_event(IterationEvents.FORWARD_COMPLETED)
                 loss = engine.loss_function(output, targets).mean()
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
-            engine._check_finite(loss, k)
+            if check_each_pass:
+                engine._check_finite(loss.detach().reshape(1), k)
             losses.append(loss)
             if k + 1 < engine.feedback_passes:
                 feedback = model.feedback_from(output)
@@ -143,6 +192,8 @@ class MGRADTrainer(SupervisedTrainer):
             engine._step(torch.stack(losses).sum())
 
         pass_losses = torch.stack([loss.detach() for loss in losses])
+        if not check_each_pass:
+            engine._check_finite(pass_losses, 0)
         engine.state.output[Keys.PRED] = type(output)(*_detach(output)) if isinstance(output, tuple) else output
         engine.state.output[Keys.LOSS] = pass_losses.mean()
         engine.state.pass_losses = pass_losses

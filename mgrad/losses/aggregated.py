@@ -1,6 +1,6 @@
 """Aggregated loss (Algorithm 1 of the paper): one loss term for every non-empty subset of the prediction maps."""
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -9,7 +9,7 @@ from torch.nn.modules.loss import _Loss
 __all__ = ["AggregatedLoss", "subset_matrix"]
 
 
-def subset_matrix(n: int, dtype: torch.dtype = torch.float32, device: Union[torch.device, str, None] = None) -> Tensor:
+def subset_matrix(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
     """The ``(2**n - 1, n)`` 0/1 matrix whose row ``s`` marks the maps in non-empty subset ``s`` (bits of ``s + 1``)."""
     codes = torch.arange(1, 2**n, device=device).unsqueeze(1)
     return ((codes >> torch.arange(n, device=device)) & 1).to(dtype)
@@ -27,6 +27,12 @@ class AggregatedLoss(_Loss):
         reduction: over subsets: ``"sum"`` (Algorithm 1, as released), ``"mean"`` or ``"none"`` (one value a subset,
             in the order of :func:`subset_matrix`).
 
+    ``forward(input, target)``: ``input`` is ``n`` prediction maps of one shape ``(B, C, *spatial)`` (a sequence, or
+    a tensor ``(n, B, C, *spatial)``), ``target`` what ``loss`` takes, e.g. class indices ``(B, 1, *spatial)``.
+
+    Returns:
+        a scalar for ``"sum"`` and ``"mean"``, a ``(2**n - 1,)`` tensor for ``"none"``.
+
     Example::
 
         >>> loss = AggregatedLoss(DiceCELoss(softmax=True, to_onehot_y=True))
@@ -40,7 +46,7 @@ class AggregatedLoss(_Loss):
             raise ValueError(f'reduction must be "sum", "mean" or "none", got "{reduction}".')
         self.loss = loss
 
-    def forward(self, input: Union[Sequence[Tensor], Tensor], target: Tensor) -> Tensor:
+    def forward(self, input: Sequence[Tensor] | Tensor, target: Tensor) -> Tensor:
         """``input``: n prediction maps of one shape ``(B, C, *spatial)``, as a sequence or stacked on dim 0."""
         maps = input if isinstance(input, Tensor) else torch.stack(_same_shape(input))
         subsets = subset_matrix(maps.shape[0], maps.dtype, maps.device)

@@ -4,7 +4,7 @@ Each block is assembled from :class:`monai.networks.blocks.Convolution` (conv, t
 ``act`` and ``norm`` take MONAI's usual names and tuples.
 """
 
-from typing import List, Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 __all__ = ["ResidualEncoderStage", "ReceptiveFieldBlock", "DifferentialDecoder", "SideHeads", "interp_mode"]
 
-ActNorm = Union[str, tuple, None]
+ActNorm = str | tuple | None
 
 
 def interp_mode(spatial_dims: int) -> str:
@@ -26,7 +26,7 @@ def conv_block(
     spatial_dims: int,
     in_channels: int,
     out_channels: int,
-    kernel_size: Union[Sequence[int], int] = 3,
+    kernel_size: Sequence[int] | int = 3,
     act: ActNorm = "relu",
     norm: ActNorm = "batch",
     dilation: int = 1,
@@ -50,6 +50,19 @@ class ResidualEncoderStage(nn.Module):
     """One encoder stage: conv3-norm-act, conv3-norm giving ``h``, then ``act(h + norm(conv1(h)))``.
 
     This is the residual stage of the released model (its 1x1 branch works on ``h``, with a bias).
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: input channels.
+        out_channels: output channels.
+        act: activation type and arguments (MONAI style).
+        norm: normalisation type and arguments (MONAI style).
+
+    ``forward(x)`` maps ``(B, in_channels, *spatial)`` to ``(B, out_channels, *spatial)``.
+
+    Example::
+
+        >>> ResidualEncoderStage(2, 1, 64, "relu", "batch")(torch.rand(2, 1, 32, 32)).shape   # (2, 64, 32, 32)
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, act: ActNorm, norm: ActNorm) -> None:
@@ -70,6 +83,19 @@ class ReceptiveFieldBlock(nn.Module):
     Four branches: a 1x1 conv, and for k in (3, 5, 7) a 1x1 conv, factorised k-convs along each axis
     (1xk then kx1 in 2D; the last axis first) and a 3-conv with dilation k. The branches are concatenated,
     fused by a 3-conv and added to a 1x1 shortcut, then ``act``.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: input channels.
+        out_channels: output channels (of every branch and of the block).
+        act: activation type and arguments (MONAI style).
+        norm: normalisation type and arguments (MONAI style).
+
+    ``forward(x)`` maps ``(B, in_channels, *spatial)`` to ``(B, out_channels, *spatial)``.
+
+    Example::
+
+        >>> ReceptiveFieldBlock(2, 256, 64)(torch.rand(2, 256, 28, 28)).shape   # (2, 64, 28, 28)
     """
 
     kernel_sizes = (3, 5, 7)
@@ -93,7 +119,7 @@ class ReceptiveFieldBlock(nn.Module):
         self.act = get_act_layer(act) if act is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        outs: List[Tensor] = []
+        outs: list[Tensor] = []
         for branch in self.branches:
             outs.append(branch(x))
         return self.act(self.fuse(torch.cat(outs, dim=1)) + self.shortcut(x))
@@ -115,7 +141,27 @@ class DifferentialDecoder(nn.Module):
     the published numbers, the gated first-order term is ``conv(|up2(a) + R * (1 - w)|)``, a sum, where the
     paper's eq. 1 writes a difference; the higher orders are differences as in the first decoder.
 
-    ``forward`` returns the logits and the stage features ``[out_0, ..., out_{L-1}]``.
+    Args:
+        spatial_dims: number of spatial dimensions.
+        channels: channels of every input level and of the stage features.
+        out_channels: channels of the logits (classes).
+        num_levels: number of levels ``L`` (at least 2).
+        act: activation type and arguments (MONAI style).
+        norm: normalisation type and arguments (MONAI style).
+        gated: the gate-control reverse-attention decoder (GRAD) instead of the plain one (MSD).
+
+    ``forward(features, gates=None)`` takes ``L`` maps, level ``i`` of shape ``(B, channels, *spatial / 2**i)``,
+    and for ``gated=True`` the first decoder's stage features of the same shapes as ``gates``.
+
+    Returns:
+        the logits ``(B, out_channels, *spatial)`` and the stage features ``[out_0, ..., out_{L-1}]``, shaped as the
+        inputs.
+
+    Example::
+
+        >>> decoder = DifferentialDecoder(2, channels=8, out_channels=3, num_levels=3)
+        >>> logits, stages = decoder([torch.rand(2, 8, 32 // 2**i, 32 // 2**i) for i in range(3)])
+        >>> logits.shape, stages[2].shape   # (2, 3, 32, 32), (2, 8, 8, 8)
     """
 
     def __init__(
@@ -152,10 +198,10 @@ class DifferentialDecoder(nn.Module):
     def up(self, x: Tensor, ref: Tensor) -> Tensor:
         return F.interpolate(x, size=ref.shape[2:], mode=self.mode, align_corners=False)
 
-    def forward(self, features: List[Tensor], gates: Optional[List[Tensor]] = None):
+    def forward(self, features: list[Tensor], gates: list[Tensor] | None = None):
         num_levels = len(features)
         top = features[num_levels - 1]
-        diffs: List[Tensor] = []
+        diffs: list[Tensor] = []
         if self.gated:
             if gates is None:
                 raise ValueError("The gated decoder needs the first decoder's stage features as gates.")
@@ -171,22 +217,22 @@ class DifferentialDecoder(nn.Module):
                 diffs.append(conv(torch.abs(self.up(features[i + 1], features[i]) - features[i])))
 
         # level_sums[i] accumulates every order's map at level i
-        level_sums: List[Tensor] = [d for d in diffs]
+        level_sums: list[Tensor] = [d for d in diffs]
         prev = diffs
         for convs in self.higher_orders:
-            cur: List[Tensor] = []
+            cur: list[Tensor] = []
             for i, conv in enumerate(convs):
                 d = conv(torch.abs(self.up(prev[i + 1], prev[i]) - prev[i]))
                 cur.append(d)
                 level_sums[i] = level_sums[i] + d
             prev = cur
 
-        levels: List[Tensor] = []
+        levels: list[Tensor] = []
         for i, conv in enumerate(self.aggregate):
             levels.append(conv(level_sums[i]))
         levels.append(level_sums[num_levels - 2])
 
-        stages: List[Tensor] = [top]
+        stages: list[Tensor] = [top]
         out = top
         for j, conv in enumerate(self.refine):
             level = levels[num_levels - 2 - j]
@@ -202,7 +248,22 @@ class SideHeads(nn.Module):
     """SideConv (eq. 3): a 1x1 convolution to ``out_channels`` on each stage feature, upsampled to full size.
 
     Level ``i`` is upsampled ``i`` times by 2 (linear interpolation with aligned corners, as released).
-    Returns the side logits finest first.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        channels: channels of the stage features.
+        out_channels: channels of the side logits (classes).
+        num_levels: number of stage features.
+
+    ``forward(stages)`` takes ``num_levels`` maps, level ``i`` of shape ``(B, channels, *spatial / 2**i)``.
+
+    Returns:
+        the side logits finest first, each ``(B, out_channels, *spatial)``.
+
+    Example::
+
+        >>> heads = SideHeads(2, channels=8, out_channels=3, num_levels=3)
+        >>> [s.shape for s in heads([torch.rand(2, 8, 32 // 2**i, 32 // 2**i) for i in range(3)])]  # 3 x (2, 3, 32, 32)
     """
 
     def __init__(self, spatial_dims: int, channels: int, out_channels: int, num_levels: int) -> None:
@@ -215,8 +276,8 @@ class SideHeads(nn.Module):
             ]
         )
 
-    def forward(self, stages: List[Tensor]) -> List[Tensor]:
-        outs: List[Tensor] = []
+    def forward(self, stages: list[Tensor]) -> list[Tensor]:
+        outs: list[Tensor] = []
         for i, head in enumerate(self.heads):
             s = head(stages[i])
             for _ in range(i):

@@ -1,7 +1,8 @@
 """MGRAD-UNet: multi-gated reverse attention multi-scale differential UNet (Scientific Reports, 2024)."""
 
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple
 
 import torch
 from monai.networks.layers.factories import Pool
@@ -10,23 +11,32 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from mgrad.networks.blocks import DifferentialDecoder, ReceptiveFieldBlock, ResidualEncoderStage, SideHeads
+from mgrad.networks.precision import use_feedback_precision
 
 __all__ = ["MGRADUNet", "MGRADOutput", "MGRADUnet", "MgradUNet"]
 
 
 class MGRADOutput(NamedTuple):
-    """What :class:`MGRADUNet` returns in train mode; every list is ordered finest level first."""
+    """What :class:`MGRADUNet` returns in train mode; every list is ordered finest level first.
+
+    Shapes below: ``B`` the batch, ``C`` ``out_channels``, ``F`` ``rfb_channels``, ``spatial`` the input's size.
+
+    Example::
+
+        >>> out = MGRADUNet(2, 1, 3, features=(8, 16, 32), rfb_channels=8)(torch.rand(2, 1, 32, 32))
+        >>> out.pred1.shape, out.features1[2].shape, len(out.side_preds)   # (2, 3, 32, 32), (2, 8, 8, 8), 3
+    """
 
     pred1: Tensor
     """Logits of the multi-scale differential decoder (MSD), ``(B, out_channels, *spatial)``."""
     pred2: Tensor
-    """Logits of the gate-control reverse-attention differential decoder (GRAD)."""
-    features1: List[Tensor]
-    """MSD stage features ``M_1..M_L``; level ``i`` is ``2**i`` times smaller than the input."""
-    features2: List[Tensor]
-    """GRAD stage features ``G_1..G_L``."""
-    side_preds: List[Tensor]
-    """SideConv logits ``S_1..S_L`` of the MSD stages, each upsampled to the input size."""
+    """Logits of the gate-control reverse-attention differential decoder (GRAD), ``(B, C, *spatial)``."""
+    features1: list[Tensor]
+    """MSD stage features ``M_1..M_L``, level ``i`` of shape ``(B, F, *spatial / 2**i)``."""
+    features2: list[Tensor]
+    """GRAD stage features ``G_1..G_L``, shaped as ``features1``."""
+    side_preds: list[Tensor]
+    """SideConv logits ``S_1..S_L`` of the MSD stages, each upsampled to ``(B, C, *spatial)``."""
 
 
 class MGRADUNet(nn.Module):
@@ -62,6 +72,18 @@ class MGRADUNet(nn.Module):
             less recomputed). Batch-norm running statistics are restored after each recomputation, so they are
             updated once per forward pass, exactly as without checkpointing. No effect in eval mode, without
             gradients or in TorchScript.
+        feedback_precision: what computes in float32 in train mode where low precision is in force (autocast
+            on the input's device, or float32 on CUDA with TF32 convolutions allowed). The feedback changes the
+            logits by about 0.5% (``feedback_scale`` 1e-3), at the resolution of float16, bfloat16 and TF32, and the
+            change is sensitive to rounding anywhere in the network. ``"full"`` (default): every convolution and
+            everything between them computes in float32 (on CUDA each convolution as a split bfloat16 product on
+            TF32 tensor cores, on CPU as a float32 convolution; see :mod:`mgrad.networks.precision`); the change of
+            the logits keeps float32's accuracy. ``"split"``: the encoder and the RFBs stay in the low precision
+            (their rounding is the same in every pass), the feedback is added to the RFB outputs in float32 and
+            the decoders and side heads compute in float32: cheaper; the change is exact for the low-precision RFB
+            outputs, which can differ from float32's enough to change it by tens of percent. ``"autocast"``: all in
+            the low precision, as any network (fastest; the change is then mostly rounding noise). Plain float32 on
+            CPU, float64 and eval mode compute the same for every choice: inference keeps the fast path.
 
     In train mode ``forward`` returns an :class:`MGRADOutput`; in eval mode only the fused logits
     ``pred1 + pred2`` (the released model predicts ``argmax(softmax(P1 + P2))``), so MONAI inferers, handlers
@@ -85,9 +107,10 @@ class MGRADUNet(nn.Module):
         features: Sequence[int] = (64, 128, 256, 512, 1024),
         rfb_channels: int = 64,
         feedback_scale: float = 1e-3,
-        act: Union[str, tuple] = ("relu", {"inplace": True}),
-        norm: Union[str, tuple] = ("batch", {"affine": True}),
-        checkpointing: Union[bool, str] = False,
+        act: str | tuple = ("relu", {"inplace": True}),
+        norm: str | tuple = ("batch", {"affine": True}),
+        checkpointing: bool | str = False,
+        feedback_precision: str = "full",
     ) -> None:
         super().__init__()
         if len(features) < 2:
@@ -100,6 +123,9 @@ class MGRADUNet(nn.Module):
         if mode not in ("none", "all", "rfb"):
             raise ValueError(f'checkpointing must be False, True, "none", "all" or "rfb", got {checkpointing!r}.')
         self.checkpointing: str = mode
+        if feedback_precision not in ("full", "split", "autocast"):
+            raise ValueError(f'feedback_precision must be "full", "split" or "autocast", got {feedback_precision!r}.')
+        self.feedback_precision: str = feedback_precision
 
         widths = [in_channels, *features]
         self.encoder = nn.ModuleList(
@@ -112,8 +138,11 @@ class MGRADUNet(nn.Module):
             spatial_dims, rfb_channels, out_channels, self.num_levels, act, norm, gated=True
         )
         self.side_heads = SideHeads(spatial_dims, rfb_channels, out_channels, self.num_levels)
+        float32_parts = {"full": [self], "split": [self.msd, self.grad, self.side_heads], "autocast": []}
+        for part in float32_parts[feedback_precision]:
+            use_feedback_precision(part)
 
-    def check_input(self, x: Tensor, feedback: Optional[List[Tensor]]) -> None:
+    def check_input(self, x: Tensor, feedback: list[Tensor] | None) -> None:
         """Raise ``ValueError`` for an input the network cannot take."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
@@ -129,48 +158,70 @@ class MGRADUNet(nn.Module):
         if feedback is not None and len(feedback) != self.num_levels:
             raise ValueError(f"feedback must hold {self.num_levels} maps (one per level), got {len(feedback)}.")
 
-    def forward(self, x: Tensor, feedback: Optional[List[Tensor]] = None) -> Union[Tensor, MGRADOutput]:
+    def forward(self, x: Tensor, feedback: list[Tensor] | None = None) -> Tensor | MGRADOutput:
+        """Encode ``x``, add the feedback (if any) to the RFB outputs and decode with both decoders.
+
+        Args:
+            x: input ``(B, in_channels, *spatial)``; every spatial size a multiple of ``2**(len(features)-1)``.
+            feedback: ``len(features)`` maps, level ``i`` of shape ``(B, rfb_channels, *spatial / 2**i)``, added to
+                the RFB outputs (:meth:`feedback_from` of the previous pass's output); ``None`` for the first pass.
+
+        Returns:
+            In train mode an :class:`MGRADOutput` (decoder logits ``(B, out_channels, *spatial)``, stage features
+            of both decoders, side logits); in eval mode the fused logits ``pred1 + pred2``,
+            ``(B, out_channels, *spatial)``.
+
+        Example::
+
+            >>> net = MGRADUNet(spatial_dims=2, in_channels=1, out_channels=3, features=(8, 16, 32), rfb_channels=8)
+            >>> out = net(torch.rand(2, 1, 32, 32))
+            >>> out.pred2.shape, [f.shape[-1] for f in out.features1]   # (2, 3, 32, 32), [32, 16, 8]
+        """
         self.check_input(x, feedback)
-        if not torch.jit.is_scripting() and self.checkpointing != "none" and self.training and torch.is_grad_enabled():
-            rfb_out, pred1, features1, pred2, features2 = self._checkpointed_decode(x, feedback)
-        else:
-            rfb_out: List[Tensor] = []
-            h = x
-            for i, (stage, rfb) in enumerate(zip(self.encoder, self.rfbs)):
-                if i > 0:
-                    h = self.pool(h)
-                h = stage(h)
-                rfb_out.append(rfb(h))
-            if feedback is not None:
-                rfb_out = [r + f for r, f in zip(rfb_out, feedback)]
+        rfb_out: list[Tensor] = []
+        h = x
+        for i, (stage, rfb) in enumerate(zip(self.encoder, self.rfbs)):
+            if i > 0:
+                h = self.pool(h)
+            h = stage(h) if torch.jit.is_scripting() else self._block(stage, "all", h)
+            rfb_out.append(rfb(h) if torch.jit.is_scripting() else self._block(rfb, "rfb", h))
+        if self.training and self.feedback_precision != "autocast":
+            # the decoders compute in float32 where low precision is in force (see mgrad.networks.precision)
+            rfb_out = [r.float() if r.dtype in (torch.float16, torch.bfloat16) else r for r in rfb_out]
+        if feedback is not None:
+            rfb_out = [r + f for r, f in zip(rfb_out, feedback)]
+        if torch.jit.is_scripting():
             pred1, features1 = self.msd(rfb_out)
             pred2, features2 = self.grad(rfb_out, features1)
+        else:
+            pred1, features1 = self._block(self.msd, "all", rfb_out)
+            pred2, features2 = self._block(self.grad, "all", rfb_out, features1)
         if not self.training:
             return pred1 + pred2
         return MGRADOutput(pred1, pred2, features1, features2, self.side_heads(features1))
 
     @torch.jit.unused
-    def _checkpointed_decode(
-        self, x: Tensor, feedback: Optional[List[Tensor]]
-    ) -> Tuple[List[Tensor], Tensor, List[Tensor], Tensor, List[Tensor]]:
-        """The forward pass above with the blocks that ``checkpointing`` names checkpointed."""
-        every = self.checkpointing == "all"
-        rfb_out: List[Tensor] = []
-        h = x
-        for i, (stage, rfb) in enumerate(zip(self.encoder, self.rfbs)):
-            if i > 0:
-                h = self.pool(h)
-            h = _checkpoint(stage, h) if every else stage(h)
-            rfb_out.append(_checkpoint(rfb, h))
-        if feedback is not None:
-            rfb_out = [r + f for r, f in zip(rfb_out, feedback)]
-        pred1, features1 = _checkpoint(self.msd, rfb_out) if every else self.msd(rfb_out)
-        pred2, features2 = _checkpoint(self.grad, rfb_out, features1) if every else self.grad(rfb_out, features1)
-        return rfb_out, pred1, features1, pred2, features2
+    def _block(self, block: nn.Module, checkpointed_by: str, *args: Any) -> Any:
+        """``block(*args)``, checkpointed in training where ``checkpointing`` is ``"all"`` or ``checkpointed_by``."""
+        if self.checkpointing in ("all", checkpointed_by) and self.training and torch.is_grad_enabled():
+            return _checkpoint(block, *args)
+        return block(*args)
 
     @torch.jit.export
-    def feedback_from(self, output: MGRADOutput) -> List[Tensor]:
-        """The next pass's feedback from a train-mode output: ``feedback_scale * (G_i - M_i)``, detached."""
+    def feedback_from(self, output: MGRADOutput) -> list[Tensor]:
+        """The next pass's feedback (eq. 7): ``feedback_scale * (G_i - M_i)`` of a train-mode output, detached.
+
+        Args:
+            output: the previous pass's train-mode output.
+
+        Returns:
+            ``len(features)`` maps, level ``i`` of shape ``(B, rfb_channels, *spatial / 2**i)``, finest first.
+
+        Example::
+
+            >>> out = net(x)
+            >>> out = net(x, net.feedback_from(out))   # the second pass
+        """
         return [self.feedback_scale * (g - m).detach() for g, m in zip(output.features2, output.features1)]
 
 
@@ -183,7 +234,7 @@ class KeepBatchNormStatistics:
 
     def __init__(self, module: nn.Module) -> None:
         self.norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-        self.saved: List[List[Optional[Tensor]]] = []
+        self.saved: list[list[Tensor | None]] = []
 
     def __enter__(self) -> "KeepBatchNormStatistics":
         self.saved = [

@@ -1,0 +1,166 @@
+"""Convolutions that keep float32 accuracy in training where low precision is in force, for MGRAD-UNet's feedback.
+
+The feedback adds ``lambda * (G - M)`` (``lambda = 1e-3``) to the RFB outputs: a change of about 0.5% of the logits.
+float16 and bfloat16 autocast, and TF32 convolutions on CUDA (float16's 10-bit mantissa), round each convolution's
+operands with a relative error of 2**-11 to 2**-8, as large as the change itself, so the second pass's change of the
+logits is mostly rounding noise. :func:`use_feedback_precision` turns the convolutions of a module into
+:class:`FeedbackPrecisionConv1d`/``2d``/``3d``, which in train mode, where low precision is in force, compute in
+float32 instead:
+
+- on CUDA as *split bfloat16* products (:class:`SplitBFloat16Conv`): three float32 convolutions of bfloat16-valued
+  operands, which TF32 tensor cores compute exactly, for about 16 bits of mantissa (three TF32 convolutions cost
+  less than one full float32 convolution). The backward pass runs in the autocast precision (one convolution
+  backward, as without this module);
+- elsewhere (CPU) as a plain float32 convolution.
+
+The output is float32, so the elementwise work that follows (norms, activations, interpolation, sums) runs in
+float32 too. In eval mode, and where no low precision is in force (plain float32 on CPU, float64), the convolutions
+are exactly ``nn.ConvNd``'s; TorchScript compiles them as such.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "FeedbackPrecisionConv1d",
+    "FeedbackPrecisionConv2d",
+    "FeedbackPrecisionConv3d",
+    "low_precision_in_force",
+    "use_feedback_precision",
+]
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is enabled for ``device_type`` ("cpu", "cuda", ...)."""
+    if not hasattr(torch.amp, "is_autocast_available"):  # torch < 2.4: one flag each for CPU and CUDA
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def low_precision_in_force(x: Tensor) -> bool:
+    """True where a convolution of ``x`` would round its operands below float32: autocast enabled on ``x``'s device,
+    or a float32 CUDA tensor with TF32 convolutions allowed (``torch.backends.cudnn.allow_tf32``, on by default)."""
+    if autocast_enabled(x.device.type):
+        return True
+    return x.is_cuda and x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
+def split_bfloat16(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(hi, lo)``, both float32 holding bfloat16 values, with ``hi + lo`` equal to ``x`` to about 2**-16."""
+    hi = x.bfloat16().float()
+    return hi, (x - hi).bfloat16().float()
+
+
+class SplitBFloat16Conv(torch.autograd.Function):
+    """``conv(x, weight) + bias`` in float32 from bfloat16 pieces (forward); backward in ``grad_dtype``.
+
+    With ``x = x_hi + x_lo`` and ``weight = w_hi + w_lo`` (:func:`split_bfloat16`) the forward is
+    ``conv(x_hi, w_hi) + conv(x_lo, w_hi) + conv(x_hi, w_lo)``: three float32 convolutions whose operands TF32
+    represents exactly and whose products float32 holds exactly, about 16 bits of either operand's mantissa.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, grad_dtype):
+        x_hi, x_lo = split_bfloat16(x.float())
+        w_hi, w_lo = split_bfloat16(weight.float())
+        conv = (F.conv1d, F.conv2d, F.conv3d)[x.dim() - 3]
+        args = (stride, padding, dilation, groups)
+        y = conv(x_hi, w_hi, None, *args) + conv(x_lo, w_hi, None, *args) + conv(x_hi, w_lo, None, *args)
+        if bias is not None:
+            y = y + bias.float().view(1, -1, *([1] * (x.dim() - 2)))
+        ctx.save_for_backward(x.to(grad_dtype), weight)
+        ctx.conv_args = (stride, padding, dilation, groups, bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias = ctx.conv_args
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        transposed, output_padding = False, [0] * len(stride)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad.to(x.dtype),
+            x,
+            weight.to(x.dtype),
+            None,
+            stride,
+            padding,
+            dilation,
+            transposed,
+            output_padding,
+            groups,
+            mask,
+        )
+        grad_b = grad.sum([0, *range(2, grad.dim())]) if has_bias and ctx.needs_input_grad[2] else None
+        grad_x = None if grad_x is None else grad_x.float()
+        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+class FeedbackPrecisionMixin:
+    """The ``forward`` of :class:`FeedbackPrecisionConv1d`/``2d``/``3d`` (see the module's docstring)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            if self.training and low_precision_in_force(input):
+                return self.float32_forward(input)
+        return self._conv_forward(input, self.weight, self.bias)
+
+    @torch.jit.unused
+    def float32_forward(self, input: Tensor) -> Tensor:
+        device_type = input.device.type
+        with torch.autocast(device_type, enabled=False):
+            if device_type != "cuda":
+                return self._conv_forward(input.float(), self.weight.float(), self.bias)
+            grad_dtype = torch.get_autocast_dtype("cuda") if autocast_enabled("cuda") else torch.float32
+            return SplitBFloat16Conv.apply(
+                input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, grad_dtype
+            )
+
+
+class FeedbackPrecisionConv1d(FeedbackPrecisionMixin, nn.Conv1d):
+    """``nn.Conv1d`` computing in float32 in train mode where low precision is in force."""
+
+
+class FeedbackPrecisionConv2d(FeedbackPrecisionMixin, nn.Conv2d):
+    """``nn.Conv2d`` computing in float32 in train mode where low precision is in force."""
+
+
+class FeedbackPrecisionConv3d(FeedbackPrecisionMixin, nn.Conv3d):
+    """``nn.Conv3d`` computing in float32 in train mode where low precision is in force."""
+
+
+FEEDBACK_PRECISION_CONVS = {
+    nn.Conv1d: FeedbackPrecisionConv1d,
+    nn.Conv2d: FeedbackPrecisionConv2d,
+    nn.Conv3d: FeedbackPrecisionConv3d,
+}
+
+
+def use_feedback_precision(module: nn.Module) -> nn.Module:
+    """Turn every ``nn.Conv1d``/``2d``/``3d`` in ``module`` into its feedback-precision variant, in place.
+
+    Parameters, buffers, state-dict keys and hooks are kept (only each convolution's class changes), so weights load
+    and save as before.
+
+    Args:
+        module: the module whose convolutions change (zero padding only).
+
+    Returns:
+        ``module`` itself.
+
+    Example::
+
+        >>> decoder = use_feedback_precision(DifferentialDecoder(2, 64, 9, 5))
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     logits, stages = decoder([r.float() for r in rfb_outputs])  # float32 logits and stage features
+    """
+    for m in module.modules():
+        variant = FEEDBACK_PRECISION_CONVS.get(type(m))
+        if variant is None:
+            continue
+        if m.padding_mode != "zeros":
+            raise ValueError(f"use_feedback_precision needs zero padding, got padding_mode={m.padding_mode!r}.")
+        m.__class__ = variant
+    return module
