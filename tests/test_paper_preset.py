@@ -82,3 +82,39 @@ def test_sgd_switch_is_the_paper_texts(phantom_dir, preset):
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["momentum"] == 0.9
     assert optimizer.defaults["weight_decay"] == 1e-4
+
+
+def _released_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The released ``L = 0.3 CE + 0.7 Dice``, written out: softmax, every class (background included) pooled over
+    the batch, Dice term ``1 - (2 sum p t + s) / (sum p^2 + sum t^2 + s)`` per class with s = 1e-5, mean over
+    classes."""
+    p = torch.softmax(logits, 1)
+    t = torch.nn.functional.one_hot(target[:, 0], logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    ce = -(t * torch.log_softmax(logits, 1)).sum(1).mean()
+    dims = (0, 2, 3)
+    dice = 1 - (2 * (p * t).sum(dims) + 1e-5) / ((p**2).sum(dims) + (t**2).sum(dims) + 1e-5)
+    return 0.3 * ce + 0.7 * dice.mean()
+
+
+@pytest.mark.parametrize("table2_loss", [False, True])
+def test_paper_preset_loss_is_the_released_formula(phantom_dir, table2_loss):
+    """Both decoders and every side term use the released Dice form; Table 2's loss (``--table2_loss true``) sums the
+    five side predictions' losses with weight 1.0, Table 1's sums the losses of all 31 subset sums."""
+    gen = torch.Generator().manual_seed(0)
+    p1, p2, *sides = (3 * torch.randn(2, 4, 8, 8, generator=gen, dtype=torch.float64) for _ in range(7))
+    target = torch.randint(0, 4, (2, 1, 8, 8), generator=gen)
+    output = (p1, p2, None, None, sides)
+
+    loss = _train_parser("synthetic", phantom_dir, preset="paper", table2_loss=table2_loss).get_parsed_content("loss")
+    if table2_loss:
+        side = sum(_released_loss(s, target) for s in sides)
+    else:
+        subsets = [[s for i, s in enumerate(sides) if code >> i & 1] for code in range(1, 32)]
+        side = sum(_released_loss(sum(subset), target) for subset in subsets)
+    expected = _released_loss(p1, target) + _released_loss(p2, target) + side
+    torch.testing.assert_close(loss(output, target), expected, rtol=1e-6, atol=0)  # MONAI one-hots in float32
+
+    small = _train_parser("synthetic", phantom_dir, preset="small", table2_loss=table2_loss).get_parsed_content("loss")
+    assert small.deep_supervision == ("weighted" if table2_loss else "aggregated")
+    if not table2_loss:  # the small preset keeps MONAI's Dice denominator (sum p + sum t)
+        assert not torch.isclose(small(output, target), expected, rtol=1e-3)
