@@ -1,6 +1,5 @@
 """Volume preprocessing (shapes, orientation, affine, Invertd), presets, label maps, slice sampling, augmentation."""
 
-
 import nibabel as nib
 import numpy as np
 import pytest

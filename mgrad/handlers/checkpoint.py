@@ -5,7 +5,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
