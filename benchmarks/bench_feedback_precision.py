@@ -192,7 +192,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    hardware = machine_summary(args.threads)
+    hardware = machine_summary(threads=args.threads)
     print(hardware)
     print(
         f"MGRADUNet preset {args.preset} (in 1, out 9), batch {args.batch}, {args.size}x{args.size}, device {device}, "

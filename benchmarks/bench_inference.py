@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="trained MGRAD-UNet weights (model.pt) instead of random")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
-    print(machine_summary(args.threads))
+    print(machine_summary(threads=args.threads))
     print(
         f"volume 1x1x{args.size}x{args.size}x{args.slices} through VolumeSliceInferer(sw_batch_size="
         f"{args.sw_batch_size}), torch.inference_mode, random weights; each row in a fresh process"

@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
     configs = ["plain", *[c for c in args.configs if c != "plain"]]
-    print(machine_summary(args.threads))
+    print(machine_summary(threads=args.threads))
     print(
         f"MGRADTrainer iteration: 3 feedback passes (3 optimizer steps), batch {args.batch}, "
         f"{args.size}x{args.size}, full-size MGRAD-UNet, MGRADLoss, AdamW; "

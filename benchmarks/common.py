@@ -1,12 +1,13 @@
-"""Helpers shared by the benchmarks: peak resident memory, a fresh process per configuration, the machine."""
+"""Helpers shared by the benchmarks: peak resident memory, a fresh process per configuration, the machine (the
+package's :func:`mgrad.hardware.machine_summary`)."""
 
-import os
-import platform
 import resource
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
+
+from mgrad.hardware import machine_summary
 
 __all__ = ["memory_kib", "start_memory", "peak_mib_since", "in_fresh_process", "machine_summary"]
 
@@ -38,31 +39,3 @@ def in_fresh_process(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     """``func(*args, **kwargs)`` in a new (spawned) Python process, so that its peak memory is its own."""
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         return pool.submit(func, *args, **kwargs).result()
-
-
-def machine_summary(threads: int = 0) -> str:
-    """One line: CPU model and cores, native bfloat16 support, torch version and threads (``threads``, else torch's
-    default), CUDA device if any."""
-    import torch
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    bf16 = [
-        name
-        for name, ok in (
-            ("amx", torch.cpu._is_amx_tile_supported()),
-            ("avx512_bf16", torch.cpu._is_avx512_bf16_supported()),
-        )
-        if ok
-    ]
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{model}, {os.cpu_count()} cores ({threads or torch.get_num_threads()} torch threads), "
-        f"native bf16: {', '.join(bf16) or 'no'}; torch {torch.__version__}; {cuda}"
-    )

@@ -6,7 +6,7 @@ them. An override must name an id of the merged configs: a mistyped one is an er
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ __all__ = [
     "default_bundle_root",
     "infer",
     "load_workflow",
+    "merged_config",
+    "split_overrides",
     "standalone_config",
     "run_config",
     "train",
@@ -106,6 +108,51 @@ def check_overrides(parser: ConfigParser, overrides: Sequence[str]) -> None:
         raise error
 
 
+def merged_config(names: Sequence[str], bundle_root: str | Path | None = None) -> ConfigParser:
+    """``common.json`` and the named configs merged in order, unparsed and without overrides, as a run reads them.
+
+    Args:
+        names: config names without ``.json``.
+        bundle_root: the bundle folder; default :func:`default_bundle_root`.
+
+    Returns:
+        a ``ConfigParser`` holding the merged config.
+
+    Example:
+        >>> merged_config(["train"])["epochs"]  # doctest: +SKIP
+        "$300 if @preset == 'paper' else 30"
+    """
+    root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
+    return ConfigParser(ConfigParser.load_config_files(bundle_configs(root, names)))
+
+
+def split_overrides(overrides: Mapping[str, Any], parsers: Sequence[ConfigParser]) -> list[dict[str, Any]]:
+    """Share ``overrides`` among several runs: each run gets those that name an id of its configs.
+
+    For a command that runs several configs (training, then inference and evaluation) with one set of options.
+
+    Args:
+        overrides: config ids and their values.
+        parsers: the configs of each run (:func:`merged_config`).
+
+    Returns:
+        one dict of overrides per parser, in order.
+
+    Raises:
+        UnknownOptionError: for ids that no run reads, with up to three close ids of any run.
+
+    Example:
+        >>> split_overrides({"epochs": 3, "protocol": "transunet"},
+        ...                 [ConfigParser({"epochs": 30}), ConfigParser({"protocol": "default"})])
+        [{'epochs': 3}, {'protocol': 'transunet'}]
+    """
+    unread = [key for key in overrides if not any(key in parser for parser in parsers)]
+    error = unknown_options(unread, [i for parser in parsers for i in _ids(parser.get())], "a bundle config id")
+    if error:
+        raise error
+    return [{key: value for key, value in overrides.items() if key in parser} for parser in parsers]
+
+
 def _ids(config: Any, prefix: str = "") -> list[str]:
     """Every id of a config: the top-level keys and, below them, ``a#b`` paths into dicts."""
     ids = []
@@ -156,7 +203,7 @@ def load_workflow(
     if isinstance(device, str) and not device.startswith("$"):
         overrides["device"] = f"$torch.device('{device}')"
     config_files = bundle_configs(root, names)
-    check_overrides(ConfigParser(ConfigParser.load_config_files(config_files)), list(overrides))
+    check_overrides(merged_config(names, root), list(overrides))
     workflow = ConfigWorkflow(
         config_file=config_files,
         meta_file=str(root / "configs" / "metadata.json"),

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "infer": "mgrad.bundle:infer",
     "evaluate": "mgrad.evaluation:evaluate",
     "export-bundle": "mgrad.export:export_bundle",
+    "reproduce": "mgrad.reproduce:reproduce",
 }
 HELP_FLAGS = ("-h", "--help")
 
@@ -74,6 +75,8 @@ def _report(name: str, result: Any) -> int:
         print(f"wrote {len(result)} prediction(s)")
     elif name == "export-bundle":
         print(f"wrote {result}")
+    elif name == "reproduce":
+        print(result["markdown"])
     elif name == "demo":
         from mgrad.demo import format_demo
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from bundle_fixtures import copy_bundle
 
-from mgrad.bundle import run_config
+from mgrad.bundle import merged_config, run_config, split_overrides
 from mgrad.cli import COMMANDS, main
 from mgrad.errors import UnknownOptionError
 
@@ -66,3 +66,20 @@ def test_bundle_front_rejects_unknown_overrides(bundle):
     with pytest.raises(UnknownOptionError, match=r"--val_intervl \(did you mean --val_interval"):
         run_config(["train"], bundle, val_intervl=2)
     assert not (bundle / "models").exists()
+
+
+def test_reproduce_rejects_a_mistyped_config_id_before_writing(bundle, tmp_path):
+    data, out = tmp_path / "acdc", tmp_path / "out"
+    (data / "volumes").mkdir(parents=True)
+    args = ["reproduce", "acdc", "--dataset_dir", str(data), "--output_dir", str(out), "--bundle_root", str(bundle)]
+    assert "--optimizer_nam (did you mean --optimizer_name" in exit_message([*args, "--optimizer_nam", "sgd"])
+    assert not out.exists()
+
+
+def test_reproduce_options_go_to_the_runs_that_read_them(bundle):
+    runs = [merged_config(["train"], bundle), merged_config(["inference", "evaluate"], bundle)]
+    options = {"optimizer_name": "sgd", "fast": False, "preset": "paper", "seed": 1}
+    assert split_overrides(options, runs) == [
+        {"optimizer_name": "sgd", "preset": "paper", "seed": 1},
+        {"fast": False, "preset": "paper"},
+    ]

@@ -6,6 +6,7 @@ from mgrad.data.datalist import SPLITS, decathlon_datalist, synthetic_datalist
 from mgrad.data.datasets import DATASETS, DatasetSpec, dataset_info, get_datalist
 from mgrad.data.errors import DataError, MissingSplitError
 from mgrad.data.readers import H5Reader, NpzReader
+from mgrad.data.slice_dataset import SliceDataset
 from mgrad.data.synapse import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, synapse_datalist, synapse_transunet_datalist
 from mgrad.data.synthetic import make_dataset
 from mgrad.data.volumes import VOLUME_SUFFIXES, volume_datalist
@@ -23,6 +24,7 @@ __all__ = [
     "H5Reader",
     "MissingSplitError",
     "NpzReader",
+    "SliceDataset",
     "acdc_datalist",
     "acdc_h5_datalist",
     "dataset_info",

@@ -4,7 +4,7 @@ from mgrad.transforms.augment import Augment2Dd
 from mgrad.transforms.intensity import CT_WINDOW, INTENSITY_PRESETS, intensity_transforms
 from mgrad.transforms.io import LoadVolumed
 from mgrad.transforms.pipelines import train_transforms, volume_transforms
-from mgrad.transforms.slices import ForegroundSlicesd, RandSliceSamplerd, foreground_slices
+from mgrad.transforms.slices import ForegroundSlicesd, RandSliceSamplerd, SelectSliced, foreground_slices
 from mgrad.transforms.validate import ValidateCased
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "ForegroundSlicesd",
     "LoadVolumed",
     "RandSliceSamplerd",
+    "SelectSliced",
     "ValidateCased",
     "foreground_slices",
     "intensity_transforms",

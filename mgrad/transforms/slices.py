@@ -1,4 +1,5 @@
-"""Volume -> 2D slices: foreground slice index (cached) and a random slice sampler returning k samples per draw."""
+"""Volume -> 2D slices: foreground slice index (cached), a random slice sampler returning k samples per draw, and
+the selection of one given slice (for datasets that index every slice)."""
 
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -78,6 +79,38 @@ class RandSliceSamplerd(Randomizable, MapTransform):
             sample["slice_index"] = z
             samples.append(sample)
         return samples
+
+
+class SelectSliced(MapTransform):
+    """Replaces the ``(C, H, W, D)`` arrays of ``keys`` by their slice ``data[index_key]`` along the last axis, as
+    new ``(C, H, W)`` tensors; the input arrays are not modified (safe on cached volumes).
+
+    The slice-indexing counterpart of :class:`RandSliceSamplerd`, for :class:`mgrad.data.SliceDataset`, which puts
+    the index of each item's slice under ``"slice_index"``.
+
+    Example:
+        >>> import torch
+        >>> out = SelectSliced(("image", "label"))({"image": torch.rand(1, 8, 8, 5), "label": torch.zeros(1, 8, 8, 5),
+        ...                                         "slice_index": 3})
+        >>> tuple(out["image"].shape)
+        (1, 8, 8)
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        index_key: str = "slice_index",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.index_key = index_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        z = int(d[self.index_key])
+        for key in self.key_iterator(d):
+            d[key] = _slice(d[key], z)
+        return d
 
 
 def _slice(x: torch.Tensor, z: int) -> torch.Tensor:

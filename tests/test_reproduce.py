@@ -1,0 +1,85 @@
+"""``mgrad reproduce``: a tiny run on real ACDC data gives the table with the paper's row and both protocol rows."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from bundle_fixtures import TINY, copy_bundle
+from data_fixtures import shared_data_dir
+
+from mgrad.reproduce import detect_layout, reproduce
+
+
+@pytest.fixture
+def tiny_acdc(tmp_path: Path) -> Path:
+    """The SSL4MIS layout with 12 real training slices, one validation and one test volume (links, nothing copied)."""
+    source = shared_data_dir() / "ACDC_SSL4MIS_h5"
+    if not (source / "volumes").is_dir():
+        pytest.skip(f"real ACDC h5 data not available at {source}")
+    root = tmp_path / "acdc"
+    (root / "slices").mkdir(parents=True)
+    (root / "volumes").mkdir()
+    train = (source / "train.list").read_text().split()[:1]
+    slices = sorted(p for p in (source / "slices").iterdir() if p.name.rsplit("_slice_", 1)[0] in train)[:12]
+    for path in slices:
+        os.symlink(path, root / "slices" / path.name)
+    val, test = (source / "val.list").read_text().split()[:2]
+    for name in (val, test):
+        os.symlink(source / "volumes" / f"{name}.h5", root / "volumes" / f"{name}.h5")
+    (root / "train.list").write_text("\n".join(train) + "\n")
+    (root / "val.list").write_text(val + "\n")
+    (root / "test.list").write_text(test + "\n")
+    return root
+
+
+def test_reproduce_writes_the_table(tiny_acdc, tmp_path, one_thread):
+    bundle = copy_bundle(tmp_path / "bundle")
+    out = tmp_path / "out"
+    size = {**TINY, "spatial_size": 32}
+    args = dict(output_dir=str(out), small=True, epochs=1, device="cpu", bundle_root=str(bundle), size=size)
+    result = reproduce("acdc", str(tiny_acdc), **args)
+
+    paper, *measured = result["rows"]
+    assert paper["source"] == "paper, Table 2" and paper["mean_dice"] == 92.13
+    assert paper["dice"] == {"rv": 90.42, "myo": 90.0, "lv": 95.98}
+    assert [r["protocol"] for r in measured] == ["transunet", "default"]
+    for row in measured:
+        assert row["model"] == "MGRAD-UNet" and row["epochs"] == 1 and row["test_cases"] == 1
+        assert 0.0 <= row["mean_dice"] <= 100.0 and set(row["dice"]) == {"rv", "myo", "lv"}
+        assert row["train_seconds"] > 0 and row["hardware"].startswith("CPU")
+    # the transunet row is the separate evaluation's number, in percent
+    scored = json.loads((out / "mgrad_unet" / "test_transunet" / "metrics.json").read_text())
+    assert measured[0]["mean_dice"] == round(100 * scored["mean_dice"], 2) and scored["protocol"] == "transunet"
+
+    markdown = (out / "table.md").read_text()
+    assert (
+        markdown == result["markdown"]
+        and "| MGRAD-UNet | paper, Table 2 | published (HD95 in voxels) | 92.13" in markdown
+    )
+    assert "MONAI (HD95 in mm)" in markdown and "validation split (1 volumes)" in markdown
+    assert "optimistic" in markdown
+    assert json.loads((out / "table.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+    # a rerun finds every step done and returns the same table without training again
+    mtime = (out / "mgrad_unet" / "models" / "model.pt").stat().st_mtime
+    assert reproduce("acdc", str(tiny_acdc), **args)["rows"] == result["rows"]
+    assert (out / "mgrad_unet" / "models" / "model.pt").stat().st_mtime == mtime
+    with pytest.raises(ValueError, match="other settings"):
+        reproduce("acdc", str(tiny_acdc), **{**args, "epochs": 2})
+
+
+def test_layout_detection_and_errors(tmp_path):
+    (tmp_path / "h5" / "volumes").mkdir(parents=True)
+    (tmp_path / "npz" / "train_npz").mkdir(parents=True)
+    (tmp_path / "nii").mkdir()
+    assert detect_layout("acdc", str(tmp_path / "h5")) == "acdc_h5"
+    assert detect_layout("acdc", str(tmp_path / "nii")) == "acdc"
+    assert detect_layout("synapse", str(tmp_path / "npz")) == "synapse_transunet"
+    assert detect_layout("synapse", str(tmp_path / "nii")) == "synapse"
+    with pytest.raises(ValueError, match="unknown table"):
+        detect_layout("kits", str(tmp_path))
+    with pytest.raises(Exception, match="test.list"):  # a missing split fails before any training
+        (tmp_path / "h5" / "train_slices.list").write_text("x_slice_1\n")
+        (tmp_path / "h5" / "val.list").write_text("x\n")
+        reproduce("acdc", str(tmp_path / "h5"), output_dir=str(tmp_path / "out"))
