@@ -53,12 +53,13 @@ class VolumeSliceInferer(SliceInferer):
 
     The fast path runs an eval-mode copy of the network with its batch norms folded into the convolutions
     (:func:`fold_batch_norms`; kept until the network's weights change), in channels-last memory format, plus cuDNN
-    autotuning on CUDA; where the hardware computes low precision natively (:func:`fast_path_available`: CUDA, CPUs
-    with AMX or AVX512-BF16) it runs under autocast (float16 on CUDA, bfloat16 on CPU). The output is float32 either
-    way. ``fast=None`` (the default) takes the fast path everywhere, in float32 on CPUs without native bfloat16
-    (folding and channels-last alone are about 1.5x faster than the plain path there, with the same labels);
-    ``True`` forces it with low precision (bfloat16 on any CPU, emulated and slow where not native), ``False`` runs
-    the network as it is, in float32.
+    autotuning on CUDA (a last, smaller batch of slices is padded to ``sw_batch_size``, so it tunes once); where the
+    hardware computes low precision natively (:func:`fast_path_available`: CUDA, CPUs with AMX or AVX512-BF16) it
+    runs under autocast (float16 on CUDA, bfloat16 on CPU). The output is float32 either way. ``fast=None`` (the
+    default) takes the fast path everywhere, in float32 on CPUs without native bfloat16 (folding and channels-last
+    alone are about 1.5x faster than the plain path there, with the same labels); ``True`` forces it with low
+    precision (bfloat16 on any CPU, emulated and slow where not native), ``False`` runs the network as it is, in
+    float32.
 
     Args:
         roi_size: the in-plane window of the 2D network (e.g. ``(224, 224)``).
@@ -138,8 +139,11 @@ class VolumeSliceInferer(SliceInferer):
         model = self._fast_module(network) if isinstance(network, nn.Module) else network
 
         def fast_network(x: Tensor, *a: Any, **k: Any) -> Tensor:
+            n = x.shape[0]
+            if device_type == "cuda" and n < self.sw_batch_size:  # one batch shape: cuDNN autotunes once
+                x = torch.cat([x, x[-1:].expand(self.sw_batch_size - n, *x.shape[1:])])
             x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-            return model(x, *a, **k).float()
+            return model(x, *a, **k)[:n].float()
 
         dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
         with torch.autocast(device_type, dtype=dtype, enabled=self.uses_low_precision(inputs.device)):
