@@ -20,6 +20,7 @@ COMMANDS: Dict[str, str] = {
     "train": "mgrad.bundle:train",
     "infer": "mgrad.bundle:infer",
     "evaluate": "mgrad.evaluation:evaluate",
+    "export": "mgrad.model_export:export_model",
     "export-bundle": "mgrad.export:export_bundle",
 }
 

@@ -2,9 +2,10 @@
 
 from mgrad.data.acdc import acdc_datalist, acdc_h5_datalist, split_patients
 from mgrad.data.datalist import SPLITS, decathlon_datalist, get_datalist, synthetic_datalist
+from mgrad.data.dicom import DicomSeriesReader
 from mgrad.data.errors import DataError, MissingSplitError
 from mgrad.data.presets import BTCV_TO_SYNAPSE, DATASETS, dataset_info
-from mgrad.data.readers import H5Reader, NpzReader
+from mgrad.data.readers import H5Reader, NpzReader, image_readers
 from mgrad.data.synapse import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, synapse_datalist, synapse_transunet_datalist
 from mgrad.data.synthetic import make_dataset
 from mgrad.data.volumes import VOLUME_SUFFIXES, volume_datalist
@@ -16,6 +17,7 @@ __all__ = [
     "SYNAPSE_TEST_CASES",
     "SYNAPSE_TRAIN_CASES",
     "DataError",
+    "DicomSeriesReader",
     "H5Reader",
     "MissingSplitError",
     "NpzReader",
@@ -24,6 +26,7 @@ __all__ = [
     "dataset_info",
     "decathlon_datalist",
     "get_datalist",
+    "image_readers",
     "make_dataset",
     "split_patients",
     "synapse_datalist",

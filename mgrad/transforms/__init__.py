@@ -3,7 +3,7 @@
 from mgrad.data.presets import DATASETS
 from mgrad.transforms.augment import Augment2Dd
 from mgrad.transforms.intensity import CT_WINDOW, INTENSITY_PRESETS, intensity_transforms
-from mgrad.transforms.io import LoadVolumed
+from mgrad.transforms.io import LoadVolumed, load_imaged
 from mgrad.transforms.pipelines import train_transforms, volume_transforms
 from mgrad.transforms.slices import ForegroundSlicesd, RandSliceSamplerd, foreground_slices
 from mgrad.transforms.validate import ValidateCased
@@ -19,6 +19,7 @@ __all__ = [
     "ValidateCased",
     "foreground_slices",
     "intensity_transforms",
+    "load_imaged",
     "train_transforms",
     "volume_transforms",
 ]
