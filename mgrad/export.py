@@ -3,8 +3,9 @@
 import json
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any
 
 import mgrad
 from mgrad.bundle import default_bundle_root
@@ -19,7 +20,7 @@ GENERATED = ("configs/metadata.json", "large_files.yml")  # written for the expo
 PACKAGING = ("pyproject.toml", "setup.cfg", "README.md")  # so that ``pip install <bundle folder>`` installs mgrad
 
 
-def _bundle_files(bundle_root: Path, name: str, include_model: bool) -> Iterator[Tuple[Path, str]]:
+def _bundle_files(bundle_root: Path, name: str, include_model: bool) -> Iterator[tuple[Path, str]]:
     for part in BUNDLE_PARTS:
         path = bundle_root / part
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -56,11 +57,11 @@ def _evaluate(root: Path, dataset: str, dataset_dir: str, split: str, protocol: 
 
 def export_bundle(
     output: str = f"{BUNDLE_NAME}.zip",
-    bundle_root: Optional[str] = None,
+    bundle_root: str | None = None,
     name: str = BUNDLE_NAME,
     include_model: bool = True,
-    eval_dataset: Optional[str] = None,
-    eval_dataset_dir: Optional[str] = None,
+    eval_dataset: str | None = None,
+    eval_dataset_dir: str | None = None,
     eval_split: str = "validation",
     eval_protocol: str = "default",
     weights_url: str = "",
@@ -99,5 +100,4 @@ def export_bundle(
                 archive.writestr(f"{name}/large_files.yml", large_files_yaml({"models/model.pt": model}, urls))
             if report is not None:
                 archive.writestr(f"{name}/eval/metrics.json", json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
     return str(output)

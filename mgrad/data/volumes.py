@@ -2,7 +2,6 @@
 
 import json
 from pathlib import Path
-from typing import Dict, List, Union
 
 from mgrad.data.dicom import is_dicom_series
 from mgrad.data.errors import DataError
@@ -10,7 +9,7 @@ from mgrad.data.errors import DataError
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5", ".npz", ".nrrd", ".mha", ".mhd")
 
 
-def volume_datalist(path: Union[str, Path]) -> List[Dict[str, str]]:
+def volume_datalist(path: str | Path) -> list[dict[str, str]]:
     """``[{"image": file}, ...]`` for every volume file in folder ``path`` (sorted), or the items of a datalist.
 
     A folder holding a DICOM series is one volume; so is each DICOM series subfolder of ``path``.

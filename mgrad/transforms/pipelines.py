@@ -1,6 +1,6 @@
 """The two transform chains the bundle and the trainer build: deterministic 3D preprocessing, and training."""
 
-from typing import List, Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, MapLabelValued, Orientationd, Resized
@@ -15,23 +15,24 @@ from mgrad.transforms.validate import ValidateCased
 def volume_transforms(
     preset: str,
     spatial_size: int,
-    label_map: Optional[Mapping[int, int]] = None,
+    label_map: Mapping[int, int] | None = None,
     with_label: bool = True,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     require_volume: bool = True,
 ) -> Compose:
     """Deterministic 3D preprocessing to ``(C, H, W, D)`` with H = W = ``spatial_size`` and D kept.
 
     Load (MONAI ``LoadImaged`` per key: NIfTI, DICOM series, npz, h5) -> channel first -> RAS -> validate (file
-    named in any error) -> intensity ``preset`` -> in-plane resize -> ``label_map``. The spatial steps are MONAI invertible transforms, so
-    ``Invertd(keys="pred", transform=this, orig_keys="image")`` maps a ``SliceInferer(spatial_dim=2)`` output back
-    to the original geometry. ``num_classes`` bounds the label values (after ``label_map``); ``require_volume``
-    rejects single-slice files. Image and label are compared after reorientation, so files that store the same grid
-    in different axis orders (e.g. an LPS CT and an LAS segmentation) are accepted.
+    named in any error) -> intensity ``preset`` -> in-plane resize -> ``label_map``. The spatial steps are MONAI
+    invertible transforms, so ``Invertd(keys="pred", transform=this, orig_keys="image")`` maps a
+    ``SliceInferer(spatial_dim=2)`` output back to the original geometry. ``num_classes`` bounds the label values
+    (after ``label_map``); ``require_volume`` rejects single-slice files. Image and label are compared after
+    reorientation, so files that store the same grid in different axis orders (e.g. an LPS CT and an LAS
+    segmentation) are accepted.
     """
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["trilinear", "nearest-exact"][: len(keys)]
-    chain: List = [
+    chain: list = [
         *load_imaged(keys),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS"),
@@ -52,10 +53,10 @@ def train_transforms(
     preset: str,
     spatial_size: int,
     num_samples: int,
-    pos_fraction: Optional[float],
-    label_map: Optional[Mapping[int, int]] = None,
+    pos_fraction: float | None,
+    label_map: Mapping[int, int] | None = None,
     augment: bool = True,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
 ) -> Compose:
     """:func:`volume_transforms` (with labels, slice files allowed) + foreground index -> ``num_samples`` random
     slices (``pos_fraction`` of them with foreground; ``None``: uniform) -> 2D augmentation -> plain tensors.
