@@ -75,7 +75,7 @@ def _report(name: str, result: Any) -> int:
         print(f"wrote {len(result)} prediction(s)")
     elif name == "train":
         print(f"best validation mean Dice: {result['best_metric']:.4f} (epoch {result['best_metric_epoch']})")
-    elif name == "export-bundle":
+    elif name in ("export", "export-bundle"):
         print(f"wrote {result}")
     elif name == "demo":
         from mgrad.demo import format_demo

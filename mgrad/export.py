@@ -85,6 +85,8 @@ def export_bundle(
         raise FileNotFoundError(f"{root}: not a bundle folder (no configs/metadata.json)")
     model = root / "models" / "model.pt"
     with_model = include_model and model.is_file()
+    if overrides and (eval_dataset is None or not with_model):
+        raise ValueError(f"options {sorted(overrides)} go to the evaluation: pass --eval_dataset with a trained model")
     report, evaluation = None, None
     if with_model and eval_dataset is not None:
         report = _evaluate(root, eval_dataset, eval_dataset_dir, eval_split, eval_protocol, overrides)

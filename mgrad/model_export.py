@@ -7,7 +7,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.utils import convert_to_torchscript
 
-from mgrad.bundle import bundle_configs, default_bundle_root
+from mgrad.bundle import bundle_configs, check_overrides, default_bundle_root
 from mgrad.onnx_network import export_onnx
 from mgrad.writers import atomic_path
 
@@ -24,12 +24,18 @@ def load_bundle_network(
 
     Returns:
         The network and the parser, whose other ids (e.g. ``spatial_size``) describe the network's input.
+
+    Raises:
+        mgrad.bundle.UnknownOverrideError: for an override that names no config id.
+        FileNotFoundError: where the checkpoint is missing.
+        ValueError: where the checkpoint does not fit ``network_def``.
     """
     root = Path(bundle_root)
     parser = ConfigParser()
     parser.read_config(bundle_configs(root, [config]))
     parser.read_meta(str(root / "configs" / "metadata.json"))
     parser["bundle_root"] = str(root)
+    check_overrides(parser, list(overrides))
     for key, value in overrides.items():
         parser[key] = value
     path = Path(ckpt_path or parser.get_parsed_content("ckpt_path"))
@@ -75,5 +81,4 @@ def export_model(
         example = torch.rand(2, in_channels, spatial_size, spatial_size)
         with atomic_path(path) as tmp:
             convert_to_torchscript(network, str(tmp), verify=True, inputs=[example], rtol=1e-3, atol=1e-3)
-    print(f"wrote {path}")
     return str(path)

@@ -38,7 +38,8 @@ def onnx_bundle(trained_bundle, tmp_path_factory):
     root = trained_bundle
     args = ["-m", "monai.bundle", "onnx_export", "network_def", "--filepath", str(path)]
     args += ["--ckpt_file", str(root / "models" / "model.pt"), "--key_in_ckpt", "model"]
-    args += ["--meta_file", str(root / "configs/metadata.json"), "--config_file", str(root / "configs/inference.json")]
+    configs = json.dumps([str(root / "configs/common.json"), str(root / "configs/inference.json")])
+    args += ["--meta_file", str(root / "configs/metadata.json"), "--config_file", configs]
     args += ["--input_shape", "[2, 1, 48, 48]", "--converter_kwargs", json.dumps(CONVERTER_KWARGS)]
     result = run_cli(args + cli_args({"bundle_root": str(root), "size": TINY}))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -67,7 +68,7 @@ def test_inference_onnx_config_segments_like_pytorch(trained_bundle, onnx_bundle
     configs = trained_bundle / "configs"
     preds = {}
     for name, extra in [("torch", []), ("onnx", ["inference_onnx.json"])]:
-        files = [str(configs / "inference.json"), *(str(configs / f) for f in extra)]
+        files = [str(configs / f) for f in ["common.json", "inference.json", *extra]]
         overrides = {"bundle_root": str(trained_bundle), "dataset_dir": str(inputs), "output_dir": str(tmp_path / name)}
         overrides.update(size=dict(TINY), fast=False, onnx_path=str(onnx_bundle), device="$torch.device('cpu')")
         run("run", config_file=files, meta_file=str(configs / "metadata.json"), logging_file=False, **overrides)
@@ -89,7 +90,8 @@ def test_trt_export_and_inference_config(trained_bundle, phantom_dir, tmp_path):
     trt_path = tmp_path / "model_trt.ts"
     args = ["-m", "monai.bundle", "trt_export", "network_def", "--filepath", str(trt_path)]
     args += ["--ckpt_file", str(root / "models" / "model.pt"), "--key_in_ckpt", "model", "--precision", "fp32"]
-    args += ["--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json")]
+    files = json.dumps([str(configs / "common.json"), str(configs / "inference.json")])
+    args += ["--meta_file", str(configs / "metadata.json"), "--config_file", files]
     args += ["--use_trace", "True", "--dynamic_batchsize", "[1, 4, 8]", "--input_shape", "[1, 1, 48, 48]"]
     result = run_cli(args + cli_args({"bundle_root": str(root), "size": TINY}))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -99,7 +101,7 @@ def test_trt_export_and_inference_config(trained_bundle, phantom_dir, tmp_path):
     (inputs / image.name).symlink_to(image)
     preds = {}
     for name, extra in [("torch", []), ("trt", ["inference_trt.json"])]:
-        files = [str(configs / "inference.json"), *(str(configs / f) for f in extra)]
+        files = [str(configs / f) for f in ["common.json", "inference.json", *extra]]
         overrides = {"bundle_root": str(root), "dataset_dir": str(inputs), "output_dir": str(tmp_path / name)}
         overrides.update(size=dict(TINY), fast=False, trt_path=str(trt_path), device="$torch.device('cuda')")
         run("run", config_file=files, meta_file=str(configs / "metadata.json"), logging_file=False, **overrides)
