@@ -1,7 +1,6 @@
 """Deployment paths: MONAI Deploy's bundle operator (its own loading and saving), MLflow tracking, exported metadata."""
 
 import json
-import os
 import zipfile
 
 import nibabel as nib
@@ -14,6 +13,7 @@ from monai.transforms import Compose
 
 from mgrad.bundle import infer, load_workflow
 from mgrad.bundle_metadata import md5sum
+from mgrad.model_export import load_bundle_network
 
 
 def test_inference_config_runs_under_monai_deploy_filtering(trained_bundle, phantom_dir, tmp_path):
@@ -33,9 +33,7 @@ def test_inference_config_runs_under_monai_deploy_filtering(trained_bundle, phan
     pre = [t for t in parser.get_parsed_content("preprocessing").transforms if "LoadImage" not in type(t).__name__]
     post = [t for t in parser.get_parsed_content("postprocessing").transforms if "SaveImage" not in type(t).__name__]
     assert len(pre) == len(parser.get_parsed_content("preprocessing").transforms) - 1
-    network = parser.get_parsed_content("network")
-    network.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True)["model"])
-    network.eval()
+    network, _ = load_bundle_network(trained_bundle, size=dict(TINY))
 
     nifti = nib.load(image_path)
     affine = torch.as_tensor(nifti.affine, dtype=torch.float64)
@@ -51,36 +49,28 @@ def test_inference_config_runs_under_monai_deploy_filtering(trained_bundle, phan
 
 
 def test_mlflow_tracking_records_params_losses_dice_and_best_model(phantom_dir, tmp_path):
-    mlflow = pytest.importorskip("mlflow", reason="MLflow tracking needs mlflow (pip install mlflow)")
+    mlflow = pytest.importorskip("mlflow", reason="MLflow tracking needs mlflow (pip install mgrad[tracking])")
     from bundle_fixtures import copy_bundle
 
     root = copy_bundle(tmp_path / "bundle")
-    store = tmp_path / "mlruns"
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"  # a local store; MONAI 1.6 refuses file:// with MLflow >= 3.13
     configs = f"['{root}/configs/common.json','{root}/configs/train.json']"
     args = ["-m", "monai.bundle", "run", "--config_file", configs, "--tracking", "mlflow"]
-    args += ["--tracking_uri", f"file://{store}", "--experiment_name", "mgrad_test"]
+    args += ["--tracking_uri", store, "--experiment_name", "mgrad_test"]
     overrides = {"bundle_root": str(root), "dataset_dir": str(phantom_dir), "size": TINY, "epochs": 2}
     overrides.update(val_interval=1, device="$torch.device('cpu')", dataset="synthetic")
-    env_store = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow >= 3.13 asks for it with a file:// store
-    try:
-        result = run_cli(args + cli_args(overrides))
-        assert result.returncode == 0, result.stderr[-3000:]
-        client = mlflow.MlflowClient(f"file://{store}")
-        experiment = client.get_experiment_by_name("mgrad_test")
-        (run,) = client.search_runs([experiment.experiment_id])
-        assert {"max_epochs", "epoch_length"} <= set(run.data.params) and run.data.params["max_epochs"] == "2"
-        losses = client.get_metric_history(run.info.run_id, "train_epoch_loss")
-        dice = client.get_metric_history(run.info.run_id, "val_mean_dice")
-        assert [m.step for m in losses] == [1, 2] and all(np.isfinite(m.value) and m.value > 0 for m in losses)
-        assert [m.step for m in dice] == [1, 2] and all(0 <= m.value <= 1 for m in dice)
-        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
-        assert "model.pt" in artifacts, artifacts
-    finally:
-        if env_store is None:
-            os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
-        else:
-            os.environ["MLFLOW_ALLOW_FILE_STORE"] = env_store
+    result = run_cli(args + cli_args(overrides), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("mgrad_test").experiment_id])
+    assert run.data.params["max_epochs"] == "2" and "epoch_length" in run.data.params
+    losses = client.get_metric_history(run.info.run_id, "train_epoch_loss")
+    dice = client.get_metric_history(run.info.run_id, "val_mean_dice")
+    assert [m.step for m in losses] == [1, 2] and all(np.isfinite(m.value) and m.value > 0 for m in losses)
+    assert [m.step for m in dice] == [1, 2] and all(0 <= m.value <= 1 for m in dice)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) > 2  # one per iteration
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "model.pt" in artifacts and any(a.startswith("config_") for a in artifacts), artifacts
 
 
 def test_exported_metadata_validates_and_carries_its_evaluation(trained_bundle, phantom_dir, tmp_path):

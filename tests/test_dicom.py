@@ -12,7 +12,7 @@ from mgrad.data import volume_datalist  # noqa: E402
 from mgrad.transforms import load_imaged  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def series_and_twin(totalseg_dir, tmp_path_factory):
     """A folder holding the TotalSegmentator DICOM series (as a subfolder) and the same volume as NIfTI."""
     folder = tmp_path_factory.mktemp("dicom_in")

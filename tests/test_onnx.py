@@ -37,7 +37,7 @@ def onnx_bundle(trained_bundle, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     root = trained_bundle
     args = ["-m", "monai.bundle", "onnx_export", "network_def", "--filepath", str(path)]
-    args += ["--ckpt_file", str(root / "models" / "model.pt"), "--key_in_ckpt", "model"]
+    args += ["--ckpt_file", str(root / "models" / "model.pt")]
     configs = json.dumps([str(root / "configs/common.json"), str(root / "configs/inference.json")])
     args += ["--meta_file", str(root / "configs/metadata.json"), "--config_file", configs]
     args += ["--input_shape", "[2, 1, 48, 48]", "--converter_kwargs", json.dumps(CONVERTER_KWARGS)]
@@ -89,7 +89,7 @@ def test_trt_export_and_inference_config(trained_bundle, phantom_dir, tmp_path):
     root, configs = trained_bundle, trained_bundle / "configs"
     trt_path = tmp_path / "model_trt.ts"
     args = ["-m", "monai.bundle", "trt_export", "network_def", "--filepath", str(trt_path)]
-    args += ["--ckpt_file", str(root / "models" / "model.pt"), "--key_in_ckpt", "model", "--precision", "fp32"]
+    args += ["--ckpt_file", str(root / "models" / "model.pt"), "--precision", "fp32"]
     files = json.dumps([str(configs / "common.json"), str(configs / "inference.json")])
     args += ["--meta_file", str(configs / "metadata.json"), "--config_file", files]
     args += ["--use_trace", "True", "--dynamic_batchsize", "[1, 4, 8]", "--input_shape", "[1, 1, 48, 48]"]

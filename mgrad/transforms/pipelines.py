@@ -7,7 +7,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, MapLabel
 
 from mgrad.transforms.augment import Augment2Dd
 from mgrad.transforms.intensity import intensity_transforms
-from mgrad.transforms.io import load_imaged
+from mgrad.transforms.io import LoadVolumed
 from mgrad.transforms.slices import ForegroundSlicesd, RandSliceSamplerd
 from mgrad.transforms.validate import ValidateCased
 
@@ -22,18 +22,17 @@ def volume_transforms(
 ) -> Compose:
     """Deterministic 3D preprocessing to ``(C, H, W, D)`` with H = W = ``spatial_size`` and D kept.
 
-    Load (MONAI ``LoadImaged`` per key: NIfTI, DICOM series, npz, h5) -> channel first -> RAS -> validate (file
-    named in any error) -> intensity ``preset`` -> in-plane resize -> ``label_map``. The spatial steps are MONAI
-    invertible transforms, so ``Invertd(keys="pred", transform=this, orig_keys="image")`` maps a
-    ``SliceInferer(spatial_dim=2)`` output back to the original geometry. ``num_classes`` bounds the label values
-    (after ``label_map``); ``require_volume`` rejects single-slice files. Image and label are compared after
-    reorientation, so files that store the same grid in different axis orders (e.g. an LPS CT and an LAS
-    segmentation) are accepted.
+    Load (NIfTI/npz/h5) -> channel first -> RAS -> validate (file named in any error) -> intensity ``preset`` ->
+    in-plane resize -> ``label_map``. The spatial steps are MONAI invertible transforms, so
+    ``Invertd(keys="pred", transform=this, orig_keys="image")`` maps a ``SliceInferer(spatial_dim=2)`` output back
+    to the original geometry. ``num_classes`` bounds the label values (after ``label_map``); ``require_volume``
+    rejects single-slice files. Image and label are compared after reorientation, so files that store the same grid
+    in different axis orders (e.g. an LPS CT and an LAS segmentation) are accepted.
     """
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["trilinear", "nearest-exact"][: len(keys)]
     chain: list = [
-        *load_imaged(keys),
+        LoadVolumed(keys),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS"),
         ValidateCased(keys, num_classes if label_map is None else None, label_map, require_volume),
