@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import mgrad
-from mgrad.bundle import default_bundle_root
+from mgrad.bundle import STANDALONE_CONFIGS, default_bundle_root, standalone_config
 from mgrad.bundle_metadata import exported_metadata, large_files_yaml, md5sum
 from mgrad.writers import atomic_path
 
@@ -39,7 +39,7 @@ def _bundle_files(bundle_root: Path, name: str, include_model: bool) -> Iterator
             yield package.parent / part, f"{name}/{part}"
 
 
-def _evaluate(root: Path, dataset: str, dataset_dir: str, split: str, protocol: str, overrides: dict) -> dict:
+def _evaluate(root: Path, dataset: str, dataset_dir: str | None, split: str, protocol: str, overrides: dict) -> dict:
     """The report of ``mgrad evaluate`` on a dataset split with the bundle's trained model."""
     from mgrad.evaluation import evaluate
 
@@ -69,16 +69,42 @@ def export_bundle(
 ) -> str:
     """Write the bundle to the zip ``output``, all under the top folder ``name``.
 
-    The zip holds ``configs/``, ``docs/``, ``LICENSE``, ``models/model.pt`` (when trained and ``include_model``)
-    and a copy of the ``mgrad`` package at its top level with its ``pyproject.toml``/``setup.cfg``:
-    ``monai.bundle run`` puts the bundle folder on ``sys.path``, so the downloaded bundle imports mgrad from there,
-    and ``pip install <bundle folder>`` installs it. ``configs/metadata.json`` is rewritten for the export:
-    ``required_packages_version`` lists the installed PyPI packages mgrad needs, and, with a model, ``eval_metrics``
-    holds the scores of ``mgrad evaluate`` on split ``eval_split`` of ``eval_dataset`` (in ``eval_dataset_dir``,
-    under ``eval_protocol``) run on the packaged weights now, named in ``eval_protocol`` (the full report goes to
-    ``eval/metrics.json``); without ``eval_dataset`` no score is claimed. ``large_files.yml`` gives the weights' md5
-    and ``weights_url`` (empty: the zip carries them). ``overrides`` (e.g. ``--preset``) go to the evaluation.
-    The zip is written to a temporary name and renamed. Returns the path written.
+    The zip holds ``configs/`` (with ``train.json`` and ``inference.json`` each merged with ``common.json``, so
+    that MONAI Label and ``monai.bundle run --config_file configs/inference.json`` read them alone), ``docs/``,
+    ``LICENSE``, ``models/model.pt`` (when trained and ``include_model``)
+    and a copy of the ``mgrad`` package at its top level: ``monai.bundle run`` puts the bundle folder on
+    ``sys.path``, so the downloaded bundle imports mgrad from there where mgrad is not installed. The zip is written
+    to a temporary name and renamed. With ``pyproject.toml``/``setup.cfg`` beside the package, ``pip install <bundle
+    folder>`` installs it too.
+
+    ``configs/metadata.json`` is rewritten for the export: ``required_packages_version`` lists the installed PyPI
+    packages mgrad needs (mgrad itself travels in the zip, as ``mgrad_installation`` says), and, with a model,
+    ``eval_metrics`` holds the scores of ``mgrad evaluate`` run now on the packaged weights (split ``eval_split`` of
+    ``eval_dataset`` in ``eval_dataset_dir``, ``eval_protocol``), all named in ``eval_protocol`` with the weights'
+    md5; the full report goes to ``eval/metrics.json``. Without ``eval_dataset`` no score is claimed.
+    ``large_files.yml`` lists ``models/model.pt`` with its md5 and ``weights_url``.
+
+    Args:
+        output: the zip file to write.
+        bundle_root: the bundle folder; default :func:`mgrad.bundle.default_bundle_root`.
+        name: the bundle's name, the zip's top folder.
+        include_model: ship ``models/model.pt`` where there is one.
+        eval_dataset: the dataset to evaluate the packaged model on (``None``: no ``eval_metrics``).
+        eval_dataset_dir: its folder.
+        eval_split: its split.
+        eval_protocol: the evaluation protocol (``default`` or ``transunet``).
+        weights_url: where ``models/model.pt`` is hosted, for ``large_files.yml`` (empty: the zip carries it).
+        overrides: bundle ids for the evaluation (e.g. ``preset``, ``device``).
+
+    Returns:
+        the path written.
+
+    Raises:
+        FileNotFoundError: where ``bundle_root`` holds no ``configs/metadata.json``.
+
+    Example:
+        >>> export_bundle("mgrad_unet.zip", bundle_root="bundle")  # doctest: +SKIP
+        'mgrad_unet.zip'
     """
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
     if not (root / "configs" / "metadata.json").is_file():
@@ -94,8 +120,13 @@ def export_bundle(
     metadata = exported_metadata(json.loads((root / "configs" / "metadata.json").read_text()), report, evaluation)
     with atomic_path(output) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            standalone = {f"{name}/configs/{config}.json" for config in STANDALONE_CONFIGS}
             for path, arcname in _bundle_files(root, name, include_model):
-                archive.write(path, arcname)
+                if arcname not in standalone:
+                    archive.write(path, arcname)
+            for config in STANDALONE_CONFIGS:
+                text = json.dumps(standalone_config(root, config), indent=4) + "\n"
+                archive.writestr(f"{name}/configs/{config}.json", text)
             archive.writestr(f"{name}/configs/metadata.json", json.dumps(metadata, indent=4) + "\n")
             if with_model:
                 urls = {"models/model.pt": weights_url}
