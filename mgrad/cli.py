@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "mgrad.bundle:train",
     "infer": "mgrad.bundle:infer",
     "evaluate": "mgrad.evaluation:evaluate",
+    "export": "mgrad.model_export:export_model",
     "export-bundle": "mgrad.export:export_bundle",
     "reproduce": "mgrad.reproduce:reproduce",
 }
@@ -73,7 +74,7 @@ def _report(name: str, result: Any) -> int:
         return 1 if result["problems"] else 0
     if name == "infer":
         print(f"wrote {len(result)} prediction(s)")
-    elif name == "export-bundle":
+    elif name in ("export", "export-bundle"):
         print(f"wrote {result}")
     elif name == "reproduce":
         print(result["markdown"])

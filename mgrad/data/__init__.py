@@ -4,8 +4,9 @@ from mgrad.data.acdc import acdc_datalist, acdc_h5_datalist, split_patients
 from mgrad.data.classes import ACDC_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES
 from mgrad.data.datalist import SPLITS, decathlon_datalist, synthetic_datalist
 from mgrad.data.datasets import DATASETS, DatasetSpec, dataset_info, get_datalist
+from mgrad.data.dicom import DicomSeriesReader
 from mgrad.data.errors import DataError, MissingSplitError
-from mgrad.data.readers import H5Reader, NpzReader
+from mgrad.data.readers import H5Reader, NpzReader, image_readers
 from mgrad.data.slice_dataset import SliceDataset
 from mgrad.data.synapse import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, synapse_datalist, synapse_transunet_datalist
 from mgrad.data.synthetic import make_dataset
@@ -21,6 +22,7 @@ __all__ = [
     "SYNAPSE_TRAIN_CASES",
     "DataError",
     "DatasetSpec",
+    "DicomSeriesReader",
     "H5Reader",
     "MissingSplitError",
     "NpzReader",
@@ -30,6 +32,7 @@ __all__ = [
     "dataset_info",
     "decathlon_datalist",
     "get_datalist",
+    "image_readers",
     "make_dataset",
     "split_patients",
     "synapse_datalist",

@@ -13,8 +13,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
 
-from mgrad.data.errors import DataError
-from mgrad.data.readers import H5Reader, NpzReader
+from mgrad.data.errors import DataError, read_error
+from mgrad.data.readers import image_readers
 
 __all__ = ["GRID_ATOL", "Pair", "affine_difference", "load_file", "load_pair", "load_ras", "relabel", "volume_loader"]
 
@@ -22,18 +22,18 @@ GRID_ATOL = 1e-3  # mm: the largest affine difference of two files on the same g
 
 
 def volume_loader(key: str = "image", dtype: Any = np.float32) -> LoadImage:
-    """MONAI ``LoadImage`` that also reads ``.npz``/``.h5`` files (their array named ``key``).
+    """MONAI ``LoadImage`` that also reads DICOM series folders and ``.npz``/``.h5`` files (their array ``key``).
 
     Args:
         key: the array name inside ``.npz``/``.h5`` files (``image`` or ``label``).
         dtype: the loaded array's data type.
 
     Returns:
-        a ``LoadImage(image_only=True)`` with the npz and h5 readers registered.
+        a ``LoadImage(image_only=True)`` with :func:`mgrad.data.readers.image_readers` registered.
     """
     loader = LoadImage(image_only=True, dtype=dtype)
-    loader.register(NpzReader(key))
-    loader.register(H5Reader(key))  # registered last = tried first
+    for reader in image_readers(key):  # tried before MONAI's own, each on the files of its suffix
+        loader.register(reader)
     return loader
 
 
@@ -55,10 +55,7 @@ def load_file(loader: LoadImage, path: Any) -> torch.Tensor:
     try:
         return loader(path)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        if "cannot find a suitable reader" in reason:
-            reason = "no reader for this file type (expected .nii/.nii.gz, .npz or .h5)"
-        raise DataError(f"{path}: cannot be read: {type(e).__name__}: {reason}") from e
+        raise read_error(path, e) from e
 
 
 def load_ras(path: Any, key: str = "image") -> MetaTensor:

@@ -3,7 +3,7 @@
 Both return arrays with the slice axis last, as NIfTI loads: a 2D slice ``(H, W)`` becomes ``(H, W, 1)`` and a
 volume stored ``(Z, H, W)`` becomes ``(H, W, Z)``. These files carry no geometry, so the affine is the identity.
 Each reader reads one named array (``key``), so use one reader per dict key, e.g.
-``LoadImaged("label", reader=H5Reader("label"))``, or :class:`mgrad.transforms.LoadVolumed`, which picks them by suffix.
+``LoadImaged("label", reader=image_readers("label"))``: MONAI's loader picks the reader by suffix.
 """
 
 from collections.abc import Sequence
@@ -15,6 +15,8 @@ import numpy as np
 from monai.data import ImageReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from mgrad.data.dicom import DicomSeriesReader
 
 PathLike = str | Path
 
@@ -81,3 +83,14 @@ class NpzReader(_ArrayFileReader):
             if self.key not in f.files:
                 raise KeyError(f"{name}: no array '{self.key}' (has {sorted(f.files)})")
             return np.asarray(f[self.key])
+
+
+def image_readers(key: str = "image") -> list[ImageReader]:
+    """mgrad's readers to register with MONAI's ``LoadImage``/``LoadImaged(reader=...)`` for the dict key ``key``:
+    DICOM series folders (:class:`~mgrad.data.dicom.DicomSeriesReader`) and the array ``key`` of ``.npz``/``.h5``
+    files. MONAI's own readers (NIfTI, NRRD, ...) stay registered; each file goes to the reader of its suffix.
+
+    Example:
+        >>> LoadImaged("image", reader=image_readers("image"), image_only=True)({"image": "case.h5"})
+    """
+    return [DicomSeriesReader(), NpzReader(key), H5Reader(key)]

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from mgrad.data.dicom import is_dicom_series
 from mgrad.data.errors import DataError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5", ".npz", ".nrrd", ".mha", ".mhd")
@@ -10,6 +11,8 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5", ".npz", ".nrrd", ".mha", "
 
 def volume_datalist(path: str | Path) -> list[dict[str, str]]:
     """``[{"image": file}, ...]`` for every volume file in folder ``path`` (sorted), or the items of a datalist.
+
+    A folder holding a DICOM series is one volume; so is each DICOM series subfolder of ``path``.
 
     A datalist is a decathlon-style ``.json`` file, or a folder holding one as ``dataset.json``; its ``test`` list
     (or else ``validation``, else ``training``) is used, whose entries are file names or ``{"image": ...}`` dicts,
@@ -20,8 +23,14 @@ def volume_datalist(path: str | Path) -> list[dict[str, str]]:
         raise DataError(f"{path}: no such file or folder of volumes")
     if path.is_dir() and (path / "dataset.json").is_file():
         path = path / "dataset.json"
-    if path.is_dir():
-        files = sorted(str(f) for f in path.iterdir() if f.is_file() and f.name.lower().endswith(VOLUME_SUFFIXES))
+    if is_dicom_series(path):
+        items = [{"image": str(path)}]
+    elif path.is_dir():
+        files = sorted(
+            str(f)
+            for f in path.iterdir()
+            if (f.is_file() and f.name.lower().endswith(VOLUME_SUFFIXES)) or is_dicom_series(f)
+        )
         items = [{"image": f} for f in files]
     else:
         try:
@@ -36,5 +45,7 @@ def volume_datalist(path: str | Path) -> list[dict[str, str]]:
                 if k in item and not Path(item[k]).is_absolute():
                     item[k] = str(path.parent / item[k])
     if not items:
-        raise DataError(f"{path}: no volumes found (expected {', '.join(VOLUME_SUFFIXES)} files or a datalist)")
+        raise DataError(
+            f"{path}: no volumes found (expected {', '.join(VOLUME_SUFFIXES)} files, DICOM series or a datalist)"
+        )
     return items

@@ -7,6 +7,7 @@ from ignite.engine import Events
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
+from mgrad.data.errors import read_error
 from mgrad.errors import root_cause
 
 __all__ = ["ERROR_KEY", "TolerantDataset", "VolumeEvaluator", "CaseFailures", "raise_for_failures"]
@@ -27,7 +28,10 @@ def _case_name(item: Any) -> str:
 
 
 def _message(case: str, error: BaseException) -> str:
-    error = root_cause(error)
+    cause = root_cause(error)
+    if cause is not error and "LoadImage" in str(error):  # Compose's "applying transform <...LoadImaged ...>"
+        return str(read_error(case, cause))
+    error = cause
     text = str(error).strip() or type(error).__name__
     return text if case in text else f"{case}: {text}"
 

@@ -2,7 +2,7 @@
 
 from mgrad.transforms.augment import Augment2Dd
 from mgrad.transforms.intensity import CT_WINDOW, INTENSITY_PRESETS, intensity_transforms
-from mgrad.transforms.io import LoadVolumed
+from mgrad.transforms.io import LoadVolumed, load_imaged
 from mgrad.transforms.pipelines import train_transforms, volume_transforms
 from mgrad.transforms.slices import ForegroundSlicesd, RandSliceSamplerd, SelectSliced, foreground_slices
 from mgrad.transforms.validate import ValidateCased
@@ -18,6 +18,7 @@ __all__ = [
     "ValidateCased",
     "foreground_slices",
     "intensity_transforms",
+    "load_imaged",
     "train_transforms",
     "volume_transforms",
 ]

@@ -1,0 +1,109 @@
+"""ONNX and TensorRT: the documented export commands, onnxruntime against PyTorch, whole-volume inference."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_fixtures import TINY, cli_args, run_cli
+
+pytest.importorskip("onnxruntime", reason="the ONNX checks need onnx and onnxruntime (pip install mgrad[onnx])")
+
+from mgrad.model_export import export_model, load_bundle_network  # noqa: E402
+from mgrad.onnx_network import OnnxNetwork  # noqa: E402
+
+# the converter arguments documented in bundle/docs/README.md for monai.bundle onnx_export
+DYNAMIC = {name: {0: "batch", 2: "height", 3: "width"} for name in ("image", "pred")}
+CONVERTER_KWARGS = {"input_names": ["image"], "output_names": ["pred"], "dynamic_axes": DYNAMIC, "dynamo": False}
+
+
+def assert_matches_pytorch(onnx_path: Path, network: torch.nn.Module) -> None:
+    """onnxruntime's logits equal PyTorch's within 1e-3 for other batch sizes and in-plane sizes (multiples of 16)."""
+    session = OnnxNetwork(onnx_path, providers=["CPUExecutionProvider"])
+    for shape in [(1, 1, 48, 48), (3, 1, 32, 64), (2, 1, 80, 16)]:
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.no_grad():
+            expected = network(x)
+        out = session(x)
+        assert out.shape == expected.shape == (shape[0], 9, *shape[2:])
+        assert (out - expected).abs().max().item() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(trained_bundle, tmp_path_factory):
+    """The trained bundle's network exported with ``python -m monai.bundle onnx_export``, as the README says."""
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    root = trained_bundle
+    args = ["-m", "monai.bundle", "onnx_export", "network_def", "--filepath", str(path)]
+    args += ["--ckpt_file", str(root / "models" / "model.pt")]
+    configs = json.dumps([str(root / "configs/common.json"), str(root / "configs/inference.json")])
+    args += ["--meta_file", str(root / "configs/metadata.json"), "--config_file", configs]
+    args += ["--input_shape", "[2, 1, 48, 48]", "--converter_kwargs", json.dumps(CONVERTER_KWARGS)]
+    result = run_cli(args + cli_args({"bundle_root": str(root), "size": TINY}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path
+
+
+def test_monai_bundle_onnx_export_matches_pytorch(trained_bundle, onnx_bundle):
+    network, _ = load_bundle_network(trained_bundle, size=dict(TINY))
+    assert_matches_pytorch(onnx_bundle, network)
+
+
+def test_mgrad_export_onnx_matches_pytorch(trained_bundle, tmp_path):
+    path = export_model("onnx", str(tmp_path / "m.onnx"), str(trained_bundle), size=dict(TINY))
+    network, _ = load_bundle_network(trained_bundle, size=dict(TINY))
+    assert_matches_pytorch(Path(path), network)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files were left behind"
+
+
+def test_inference_onnx_config_segments_like_pytorch(trained_bundle, onnx_bundle, phantom_dir, tmp_path):
+    from monai.bundle import run
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    image = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))[0]
+    (inputs / image.name).symlink_to(image)
+    configs = trained_bundle / "configs"
+    preds = {}
+    for name, extra in [("torch", []), ("onnx", ["inference_onnx.json"])]:
+        files = [str(configs / f) for f in ["common.json", "inference.json", *extra]]
+        overrides = {"bundle_root": str(trained_bundle), "dataset_dir": str(inputs), "output_dir": str(tmp_path / name)}
+        overrides.update(size=dict(TINY), fast=False, onnx_path=str(onnx_bundle), device="$torch.device('cpu')")
+        run("run", config_file=files, meta_file=str(configs / "metadata.json"), logging_file=False, **overrides)
+        preds[name] = nib.load(tmp_path / name / image.name.replace(".nii.gz", "_seg.nii.gz"))
+    source = nib.load(image)
+    assert preds["onnx"].shape == preds["torch"].shape == source.shape
+    np.testing.assert_allclose(preds["onnx"].affine, source.affine, atol=1e-4)
+    agreement = (np.asarray(preds["onnx"].dataobj) == np.asarray(preds["torch"].dataobj)).mean()
+    assert agreement > 0.999, agreement
+
+
+def test_trt_export_and_inference_config(trained_bundle, phantom_dir, tmp_path):
+    pytest.importorskip("torch_tensorrt", reason="TensorRT export needs torch_tensorrt (NVIDIA GPU machines)")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT export needs a CUDA GPU")
+    from monai.bundle import run
+
+    root, configs = trained_bundle, trained_bundle / "configs"
+    trt_path = tmp_path / "model_trt.ts"
+    args = ["-m", "monai.bundle", "trt_export", "network_def", "--filepath", str(trt_path)]
+    args += ["--ckpt_file", str(root / "models" / "model.pt"), "--precision", "fp32"]
+    files = json.dumps([str(configs / "common.json"), str(configs / "inference.json")])
+    args += ["--meta_file", str(configs / "metadata.json"), "--config_file", files]
+    args += ["--use_trace", "True", "--dynamic_batchsize", "[1, 4, 8]", "--input_shape", "[1, 1, 48, 48]"]
+    result = run_cli(args + cli_args({"bundle_root": str(root), "size": TINY}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    image = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))[0]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / image.name).symlink_to(image)
+    preds = {}
+    for name, extra in [("torch", []), ("trt", ["inference_trt.json"])]:
+        files = [str(configs / f) for f in ["common.json", "inference.json", *extra]]
+        overrides = {"bundle_root": str(root), "dataset_dir": str(inputs), "output_dir": str(tmp_path / name)}
+        overrides.update(size=dict(TINY), fast=False, trt_path=str(trt_path), device="$torch.device('cuda')")
+        run("run", config_file=files, meta_file=str(configs / "metadata.json"), logging_file=False, **overrides)
+        preds[name] = np.asarray(nib.load(tmp_path / name / image.name.replace(".nii.gz", "_seg.nii.gz")).dataobj)
+    assert (preds["trt"] == preds["torch"]).mean() > 0.999
