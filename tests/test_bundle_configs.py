@@ -37,7 +37,8 @@ def test_layered_configs_pass_check_properties(names, kind, tmp_path, phantom_di
 
 def test_every_shipped_config_is_checked():
     shipped = {p.stem for p in (REPO / "bundle" / "configs").glob("*.json")} - {"metadata"}
-    checked = {"common", "multi_gpu_train", "inference_onnx", "inference_trt"} | {n for names, _ in LAYERS for n in names}
+    elsewhere = {"common", "multi_gpu_train", "inference_onnx", "inference_trt"}
+    checked = elsewhere | {name for names, _ in LAYERS for name in names}
     # run elsewhere: multi_gpu_train under torchrun (test_bundle_training), inference_onnx with an exported model and
     # inference_trt with torch_tensorrt on a GPU (test_onnx)
     assert shipped == checked
