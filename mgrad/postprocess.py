@@ -10,6 +10,7 @@ the validation cases, and none unless it improves on leaving the class alone.
 import json
 import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,7 +131,7 @@ def save_rules(path: str | os.PathLike, rules: Mapping[int, Mapping[str, Any]], 
 def load_rules(path: str | os.PathLike) -> dict[int, dict[str, Any]]:
     """The rules written by :func:`save_rules`; a missing or malformed file raises an error naming it."""
     try:
-        rules = json.loads(open(path).read())["rules"]
+        rules = json.loads(Path(path).read_text())["rules"]
         return {
             int(c): {"largest": bool(r["largest"]), "min_size_mm3": float(r["min_size_mm3"])} for c, r in rules.items()
         }
