@@ -13,13 +13,23 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import KeepLargestConnectedComponent, MapTransform, RemoveSmallObjects
 
 from mgrad.writers import atomic_path
 
-__all__ = ["NO_RULE", "PostProcessd", "apply_rules", "choose_rules", "load_rules", "save_rules"]
+__all__ = [
+    "NO_RULE",
+    "PostProcessd",
+    "apply_rules",
+    "choose_rules",
+    "choose_rules_for_files",
+    "load_rules",
+    "postprocess_file",
+    "save_rules",
+]
 
 NO_RULE: dict[str, Any] = {"largest": False, "min_size_mm3": 0.0}
 # candidate island sizes, as fractions of the class's smallest non-empty ground-truth volume in the validation set
@@ -168,3 +178,47 @@ class PostProcessd(MapTransform):
             out = apply_rules(labels.as_tensor() if hasattr(labels, "as_tensor") else labels, self.rules, spacing)
             d[key] = labels.clone().copy_(out) if hasattr(labels, "meta") else out
         return d
+
+
+def choose_rules_for_files(
+    pairs: Iterable[tuple[str, str]], num_classes: int, label_map: Mapping[int, int] | None = None
+) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, float]]]:
+    """:func:`choose_rules` on prediction and label files (any format the data layer reads), compared on one RAS
+    grid with the label's voxel size; ``label_map`` relabels the labels as the dataset's preset does.
+
+    Args:
+        pairs: ``(prediction file, label file)`` per validation case.
+        num_classes: number of classes, background included.
+        label_map: raw label -> class index, or ``None``.
+
+    Returns:
+        ``(rules, dice)`` as :func:`choose_rules`.
+
+    Example:
+        >>> rules, dice = choose_rules_for_files([("pred/a_seg.nii.gz", "labels/a.nii.gz")], 4)  # doctest: +SKIP
+    """
+    from mgrad.metrics import relabel
+    from mgrad.transforms.io import load_ras
+
+    load = load_ras(["pred", "label"])
+    cases = []
+    for pred_file, label_file in pairs:
+        data = load({"pred": str(pred_file), "label": str(label_file)})
+        pred, label = data["pred"], data["label"]
+        if pred.shape != label.shape:
+            raise ValueError(f"prediction {pred_file} {list(pred.shape[1:])} and label {label_file} differ in shape")
+        spacing = tuple(float(v) for v in np.linalg.norm(label.affine.numpy()[:3, :3], axis=0))
+        label_values = relabel(label.numpy()[0].round().astype(np.int64), label_map)
+        cases.append((pred.numpy()[0].round().astype(np.uint8), label_values.astype(np.uint8), spacing))
+    return choose_rules(cases, num_classes)
+
+
+def postprocess_file(
+    pred_file: str | os.PathLike, out_file: str | os.PathLike, rules: Mapping[int, Mapping[str, Any]]
+) -> None:
+    """Apply ``rules`` to the NIfTI label map ``pred_file`` and write it, with the same header, to ``out_file``."""
+    image = nib.load(str(pred_file))
+    labels = torch.as_tensor(np.asarray(image.dataobj).astype(np.uint8))[None]
+    out = apply_rules(labels, rules, tuple(float(z) for z in image.header.get_zooms()[:3]))
+    with atomic_path(out_file) as tmp:
+        nib.save(nib.Nifti1Image(out.numpy()[0], image.affine, image.header), str(tmp))

@@ -63,3 +63,20 @@ def test_bad_rules_file_is_named(tmp_path):
     bad.write_text(json.dumps({"rules": {"1": {"largest": True}}}))
     with pytest.raises(ValueError, match="bad.json are not valid"):
         load_rules(bad)
+
+
+def test_rules_from_files_and_applied_to_a_file(tmp_path):
+    import nibabel as nib
+
+    from mgrad.postprocess import choose_rules_for_files, postprocess_file
+
+    affine = np.diag([-1.5, 1.5, 3.0, 1.0])  # stored in another orientation than RAS
+    pred, label = blob_volume(islands=True), blob_volume(islands=False)
+    nib.save(nib.Nifti1Image(pred.astype(np.uint8), affine), tmp_path / "a_seg.nii.gz")
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), tmp_path / "a.nii.gz")
+    rules, dice = choose_rules_for_files([(tmp_path / "a_seg.nii.gz", tmp_path / "a.nii.gz")], 3)
+    assert rules[1]["largest"] or rules[1]["min_size_mm3"] > 0
+    postprocess_file(tmp_path / "a_seg.nii.gz", tmp_path / "out" / "a_seg.nii.gz", rules)
+    out = nib.load(tmp_path / "out" / "a_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(out.dataobj), label)
+    np.testing.assert_allclose(out.affine, affine)
