@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import in_fresh_process, machine_summary, memory_kib  # noqa: E402
+from common import in_fresh_process, machine_summary, memory_kib, start_memory  # noqa: E402
 
 MODES = ("channelwise", "argmax_first", "probabilities", "whole")
 
@@ -65,13 +65,20 @@ def run_mode(mode: str, image: str, out_dir: str, classes: int) -> dict:
     times = {}
     network = MGRADUNet(2, 1, classes, features=(8, 16, 32, 64, 128), rfb_channels=8).eval()
     pre = volume_transforms("ct", 96, with_label=False)
+    stage_peaks = {}
+
+    def stage(name: str, t0: float) -> None:
+        times[f"{name}_s"] = time.perf_counter() - t0
+        stage_peaks[name] = memory_kib("VmHWM") / 2**20
+        start_memory()
+
     t = time.perf_counter()
     data = pre({"image": image})
-    times["preprocess_s"] = time.perf_counter() - t
+    stage("preprocess", t)
     t = time.perf_counter()
     with torch.inference_mode():
         logits = VolumeSliceInferer((96, 96), sw_batch_size=32, fast=False)(data["image"][None], network)[0]
-    times["inference_s"] = time.perf_counter() - t
+    stage("inference", t)
     t = time.perf_counter()
     d = {"pred": MetaTensor(logits), "image": data["image"]}
     del logits, data
@@ -80,14 +87,14 @@ def run_mode(mode: str, image: str, out_dir: str, classes: int) -> dict:
     else:
         prob_key = "prob" if mode == "probabilities" else None
         d = InvertLabelsd(pre, prob_key=prob_key, argmax_first=mode == "argmax_first")(d)
-    times["invert_s"] = time.perf_counter() - t
+    stage("invert", t)
     t = time.perf_counter()
     save = dict(output_dir=out_dir, separate_folder=False, resample=False)
     SaveImaged("pred", output_postfix=mode, output_dtype=np.uint8, writer=AtomicNibabelWriter, **save)(d)
     if "prob" in d:
         SaveImaged("prob", output_postfix="prob", output_dtype=np.uint16, writer=AtomicProbabilityWriter, **save)(d)
-    times["save_s"] = time.perf_counter() - t
-    return {**times, "peak_rss_gib": memory_kib("VmHWM") / 2**20, "shape": list(d["pred"].shape)}
+    stage("save", t)
+    return {**times, "peak_rss_gib": max(stage_peaks.values()), "stage_peaks": stage_peaks}
 
 
 def main() -> None:
@@ -110,10 +117,11 @@ def main() -> None:
         )
         for mode in modes:
             r = in_fresh_process(run_mode, mode, str(image), tmp, args.classes)
-            print(
-                f"{mode:<14} {r['peak_rss_gib']:>12.2f} {r['preprocess_s']:>12.1f} {r['inference_s']:>11.1f} "
-                f"{r['invert_s']:>9.1f} {r['save_s']:>7.1f}"
+            stages = " ".join(
+                f"{r['stage_peaks'][k]:>6.2f} ({r[k + '_s']:>5.1f}s)"
+                for k in ("preprocess", "inference", "invert", "save")
             )
+            print(f"{mode:<14} {r['peak_rss_gib']:>6.2f} {stages}")
 
 
 if __name__ == "__main__":
