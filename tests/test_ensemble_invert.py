@@ -113,3 +113,18 @@ def test_probabilities_sum_to_one_and_match_the_labels_on_disk(case, tmp_path):
     # the probabilities are the softmax of the whole inversion, to the stored precision
     reference = Invertd("pred", pre, orig_keys="image", nearest_interp=False)({"pred": MetaTensor(logits), **data})
     np.testing.assert_allclose(p, torch.softmax(reference["pred"].as_tensor(), 0).permute(1, 2, 3, 0), atol=2e-5)
+
+
+def test_slab_anti_aliasing_equals_monai_resize():
+    from monai.transforms import Resized
+
+    from mgrad.transforms.antialias import SlabAntiAliasd
+
+    torch.manual_seed(0)
+    img = MetaTensor(torch.rand(1, 150, 140, 9))
+    expected = Resized("image", (48, 48, -1), anti_aliasing=True)({"image": img.clone()})["image"]
+    smoothed = SlabAntiAliasd("image", 48, slab=2)({"image": img.clone()})
+    out = Resized("image", (48, 48, -1), anti_aliasing=False)(smoothed)["image"]
+    torch.testing.assert_close(out.as_tensor(), expected.as_tensor())
+    small = MetaTensor(torch.rand(1, 40, 40, 3))
+    assert SlabAntiAliasd("image", 48)({"image": small})["image"] is small
