@@ -1,14 +1,37 @@
-"""Running the MONAI bundle from Python and from ``python -m mgrad``: a thin front over ``monai.bundle.run``."""
+"""Running the MONAI bundle from Python and from ``python -m mgrad``: a thin front over MONAI's ``ConfigWorkflow``.
 
+Every run reads ``configs/common.json`` (dataset ids, size presets, network, inferer) first, then the configs it
+names (``train``, ``inference``, ``evaluate``, ...) in order, as ``monai.bundle run --config_file "[...]"`` merges
+them. An override must name an id of the merged configs: a mistyped one is an error listing the closest ids.
+"""
+
+import difflib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any
 
-from monai.bundle import run as run_bundle
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data.folder_layout import default_name_formatter
 
-from mgrad.engines.evaluator import CaseFailures
+__all__ = [
+    "COMMON_CONFIG",
+    "UnknownOverrideError",
+    "bundle_configs",
+    "check_overrides",
+    "config_names",
+    "default_bundle_root",
+    "infer",
+    "load_workflow",
+    "run_config",
+    "train",
+]
 
-__all__ = ["default_bundle_root", "bundle_configs", "config_names", "run_config", "train", "infer"]
+COMMON_CONFIG = "common"
+
+
+class UnknownOverrideError(ValueError):
+    """An override names no id of the configs a run reads; the message lists the closest ids."""
 
 
 def default_bundle_root() -> Path:
@@ -17,8 +40,24 @@ def default_bundle_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "bundle"
 
 
-def bundle_configs(bundle_root: Union[str, Path], names: Sequence[str]) -> List[str]:
-    """Paths of ``configs/<name>.json`` under ``bundle_root``; a missing one raises ``FileNotFoundError``."""
+def bundle_configs(bundle_root: str | Path, names: Sequence[str]) -> list[str]:
+    """Paths of ``configs/common.json`` and ``configs/<name>.json`` for each of ``names``, in that order.
+
+    Args:
+        bundle_root: the bundle folder (holding ``configs/``).
+        names: config names without ``.json``; ``common`` is prepended unless listed.
+
+    Returns:
+        the config file paths, ready for ``monai.bundle run --config_file``.
+
+    Raises:
+        FileNotFoundError: naming a config that is not in the bundle.
+
+    Example:
+        >>> bundle_configs("bundle", ["train"])  # doctest: +SKIP
+        ['bundle/configs/common.json', 'bundle/configs/train.json']
+    """
+    names = [COMMON_CONFIG, *(n for n in names if n != COMMON_CONFIG)]
     paths = [Path(bundle_root) / "configs" / f"{name}.json" for name in names]
     for path in paths:
         if not path.is_file():
@@ -28,70 +67,138 @@ def bundle_configs(bundle_root: Union[str, Path], names: Sequence[str]) -> List[
     return [str(p) for p in paths]
 
 
+def config_names(configs: str | Sequence[str]) -> list[str]:
+    """A config name or a list of them (fire passes one ``--configs NAME`` as a string)."""
+    return [configs] if isinstance(configs, str) else list(configs)
+
+
+def check_overrides(parser: ConfigParser, overrides: Sequence[str]) -> None:
+    """Raise :class:`UnknownOverrideError` for an override id that names nothing in the parsed configs.
+
+    Args:
+        parser: the configs of the run, merged, before any override is applied.
+        overrides: the override ids (``epochs``, ``train#dataloader#num_workers``, ...).
+
+    Raises:
+        UnknownOverrideError: listing each unknown id with up to three close ids of the configs.
+    """
+    known = sorted(_ids(parser.get()))
+    unknown = [key for key in overrides if key not in parser]
+    if unknown:
+        lines = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            lines.append(f"--{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
+        raise UnknownOverrideError(f"unknown option(s), not an id of the bundle configs: {'; '.join(lines)}")
+
+
+def _ids(config: Any, prefix: str = "") -> list[str]:
+    """Every id of a config: the top-level keys and, below them, ``a#b`` paths into dicts."""
+    ids = []
+    if isinstance(config, dict):
+        for key, value in config.items():
+            name = f"{prefix}{key}"
+            ids.append(name)
+            if not str(key).startswith("_"):
+                ids += _ids(value, f"{name}#")
+    return ids
+
+
 def run_config(
-    names: Sequence[str], bundle_root: Optional[Union[str, Path]] = None, run_id: str = "run", **overrides: Any
-) -> Any:
-    """``monai.bundle.run(run_id)`` on the bundle's ``configs/<name>.json`` files merged in order, with overrides.
+    names: Sequence[str], bundle_root: str | Path | None = None, run_id: str = "run", **overrides: Any
+) -> ConfigWorkflow:
+    """Run ``run_id`` of the bundle's ``common.json`` + ``configs/<name>.json`` files, merged in order.
 
     A plain ``device`` such as ``"cpu"`` or ``"cuda:1"`` becomes the ``torch.device`` the configs expect.
+
+    Args:
+        names: config names without ``.json`` (``["train"]``, ``["inference", "evaluate"]``, ...).
+        bundle_root: the bundle folder; default :func:`default_bundle_root`.
+        run_id: the config id of the expressions to run.
+        overrides: config ids and their values; each must name an id of the merged configs.
+
+    Returns:
+        the finished workflow (its ``parser`` holds the parsed components, e.g. the evaluator and its state).
+
+    Raises:
+        UnknownOverrideError: for an override that names no config id (nothing is run).
+        FileNotFoundError: for a config that is not in the bundle.
+
+    Example:
+        >>> run_config(["train"], "bundle", epochs=1, device="cpu")  # doctest: +SKIP
     """
+    workflow = load_workflow(names, bundle_root, run_id, **overrides)
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def load_workflow(
+    names: Sequence[str], bundle_root: str | Path | None = None, run_id: str = "run", **overrides: Any
+) -> ConfigWorkflow:
+    """The initialized, not yet run, workflow of :func:`run_config` (same arguments and errors)."""
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
     device = overrides.get("device")
     if isinstance(device, str) and not device.startswith("$"):
         overrides["device"] = f"$torch.device('{device}')"
-    configs = bundle_configs(root, names)
-    return run_bundle(
-        run_id,
+    config_files = bundle_configs(root, names)
+    check_overrides(ConfigParser(ConfigParser.load_config_files(config_files)), list(overrides))
+    workflow = ConfigWorkflow(
+        config_file=config_files,
         meta_file=str(root / "configs" / "metadata.json"),
-        config_file=configs if len(configs) > 1 else configs[0],
         logging_file=str(root / "configs" / "logging.conf"),
+        run_id=run_id,
         bundle_root=str(root),
         **overrides,
     )
+    workflow.initialize()
+    return workflow
 
 
 def train(
-    bundle_root: Optional[str] = None, multi_gpu: bool = False, configs: Sequence[str] = (), **overrides: Any
-) -> None:
+    bundle_root: str | None = None, multi_gpu: bool = False, configs: Sequence[str] = (), **overrides: Any
+) -> dict[str, Any]:
     """Train MGRAD-UNet with the bundle's ``train.json`` (plus ``multi_gpu_train.json`` under torchrun).
 
     Any bundle id can be overridden, e.g. ``--dataset acdc_h5 --dataset_dir DIR --epochs 50 --preset paper
     --time_budget 1800 --device cpu``; ``--configs NAME`` layers more of the bundle's configs on top (e.g.
     ``baseline_basicunet``: MONAI's BasicUNet through the identical pipeline). The best model goes to
     ``<bundle_root>/models/model.pt``.
+
+    Returns:
+        ``{"best_metric": best validation mean Dice, "best_metric_epoch": its epoch}``.
     """
     names = ["train", *config_names(configs), *(["multi_gpu_train"] if multi_gpu else [])]
-    run_config(names, bundle_root, **overrides)
-
-
-def config_names(configs: Union[str, Sequence[str]]) -> List[str]:
-    """A config name or a list of them (fire passes one ``--configs NAME`` as a string)."""
-    return [configs] if isinstance(configs, str) else list(configs)
+    workflow = run_config(names, bundle_root, **overrides)
+    state = workflow.parser.get_parsed_content("validate#evaluator").state
+    return {"best_metric": state.best_metric, "best_metric_epoch": state.best_metric_epoch}
 
 
 def infer(
     input: str,
     output_dir: str,
-    bundle_root: Optional[str] = None,
-    ckpt_path: Optional[str] = None,
+    bundle_root: str | None = None,
+    ckpt_path: str | None = None,
     configs: Sequence[str] = (),
     **overrides: Any,
-) -> None:
+) -> list[str]:
     """Segment every volume in folder ``input`` (or a datalist ``.json``); write NIfTI predictions to ``output_dir``.
 
     Predictions have each input's shape, affine and orientation. ``ckpt_path`` defaults to the bundle's
-    ``models/model.pt``; other bundle ids (``--dataset``, ``--preset``, ``--fast false``) can be overridden.
-    A case that fails is reported and the others are still processed; the exit status is 1 if any failed.
-    ``--dataset NAME`` picks the preprocessing and classes of a dataset (the config's ``dataset_name``);
+    ``models/model.pt``; other bundle ids (``--dataset``, ``--preset``, ``--fast false``) can be overridden;
     ``--configs NAME`` layers more of the bundle's configs on top, as for :func:`train`.
+
+    Returns:
+        the prediction files written, one per input volume.
+
+    Raises:
+        mgrad.engines.CaseFailures: after the run, where some volumes failed (the others are still written).
     """
-    if "dataset" in overrides:
-        overrides["dataset_name"] = overrides.pop("dataset")
     if ckpt_path is not None:
         overrides["ckpt_path"] = ckpt_path
-    try:
-        names = ["inference", *config_names(configs)]
-        run_config(names, bundle_root, dataset_dir=input, output_dir=output_dir, **overrides)
-    except CaseFailures as e:
-        print(e)
-        raise SystemExit(1) from None
+    workflow = run_config(
+        ["inference", *config_names(configs)], bundle_root, dataset_dir=input, output_dir=output_dir, **overrides
+    )
+    layout = workflow.parser.get_parsed_content("prediction_layout")
+    items = workflow.parser.get_parsed_content("datalist")
+    return [str(layout.filename(**default_name_formatter({"filename_or_obj": item["image"]}, None))) for item in items]

@@ -1,20 +1,24 @@
 """Command line: ``python -m mgrad COMMAND [--option value ...]``; ``python -m mgrad COMMAND --help`` for options.
 
-Each command lives beside the code it drives; only the module of the command being run is imported.
+The commands are library functions that return results and raise errors; this module alone prints their reports
+and turns errors into exit codes. Only the module of the command being run is imported.
 """
 
+import difflib
 import functools
 import importlib
+import inspect
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 import fire
 
 from mgrad.errors import root_cause
 
 # command name -> "module:function"
-COMMANDS: Dict[str, str] = {
+COMMANDS: dict[str, str] = {
     "demo": "mgrad.demo:demo",
     "check-data": "mgrad.data.check:check_data",
     "train": "mgrad.bundle:train",
@@ -22,34 +26,114 @@ COMMANDS: Dict[str, str] = {
     "evaluate": "mgrad.evaluation:evaluate",
     "export-bundle": "mgrad.export:export_bundle",
 }
+HELP_FLAGS = ("-h", "--help")
 
 
-def _load(target: str) -> Callable[..., Any]:
+def _function(target: str) -> Callable[..., Any]:
     module_name, func_name = target.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def _usage() -> str:
+    listing = "\n".join(f"  {name}" for name in COMMANDS)
+    return (
+        f"usage: python -m mgrad COMMAND [--option value ...]\n\ncommands:\n{listing}\n\n"
+        "python -m mgrad COMMAND --help shows a command's options."
+    )
+
+
+def _help(name: str, func: Callable[..., Any]) -> str:
+    """The command's signature and docstring."""
+    params = []
+    for p in inspect.signature(func).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            params.append("[--CONFIG_ID value ...]")
+        elif p.default is inspect.Parameter.empty:
+            params.append(f"--{p.name} VALUE" if p.kind is p.KEYWORD_ONLY else p.name.upper())
+        else:
+            params.append(f"[--{p.name} {p.default!r}]")
+    return f"usage: python -m mgrad {name} {' '.join(params)}\n\n{inspect.cleandoc(func.__doc__ or '')}"
+
+
+def _report(name: str, result: Any) -> int:
+    """Print a command's result for a person; return the exit status."""
+    if name == "evaluate":
+        from mgrad.metrics import format_table
+
+        print(format_table(result))
+        return 1 if result.get("errors") else 0
+    if name == "check-data":
+        for line in result["problems"]:
+            print(line)
+        print(
+            f"check-data {result['path']}: {result['cases']} cases in {result['splits']}, {result['broken']} broken, "
+            f"{len(result['problems'])} problem lines"
+        )
+        return 1 if result["problems"] else 0
+    if name == "infer":
+        print(f"wrote {len(result)} prediction(s)")
+    elif name == "train":
+        print(f"best validation mean Dice: {result['best_metric']:.4f} (epoch {result['best_metric_epoch']})")
+    elif name == "export-bundle":
+        print(f"wrote {result}")
+    elif name == "demo":
+        from mgrad.demo import format_demo
+
+        print(format_demo(result))
+    return 0
+
+
+def _check_options(func: Callable[..., Any], args: list[str]) -> None:
+    """Reject ``--name`` options that name no argument of a command without ``**overrides`` (the bundle commands
+    check theirs against the config ids), with the closest argument names."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    names = [p for p in params]
+    unknown = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
+    unknown = [u for u in unknown if u not in names]
+    if unknown:
+        raise TypeError("unknown option(s): " + "; ".join(_suggest(u, names) for u in unknown))
+
+
+def _suggest(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f"--{name}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else "")
+
+
+def _call(name: str, func: Callable[..., Any], argv: list[str]) -> Any:
+    """``func`` with the command line parsed by fire; its result (fire itself would print it)."""
+    result = {}
 
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> None:
-        # the functions print their own report; their return value serves Python callers, not the terminal
-        func(*args, **kwargs)
+        result["value"] = func(*args, **kwargs)
 
-    return command
+    fire.Fire({name: command}, command=argv, name="mgrad")
+    return result.get("value")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run one command; an error ends it with its root cause in one line (``MGRAD_DEBUG=1``: the traceback)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
-        try:
-            fire.Fire({argv[0]: _load(COMMANDS[argv[0]])}, command=argv, name="mgrad")
-        except Exception as e:
-            if os.environ.get("MGRAD_DEBUG"):
-                raise
-            cause = root_cause(e)
-            raise SystemExit(f"mgrad {argv[0]}: {type(cause).__name__}: {cause}") from None
-    else:
-        listing = "\n".join(f"  {name}" for name in COMMANDS)
-        print(f"usage: python -m mgrad COMMAND [--option value ...]\n\ncommands:\n{listing}\n")
-        print("python -m mgrad COMMAND --help shows a command's options.")
-        if argv and argv[0] not in ("-h", "--help"):
+    if not argv or argv[0] not in COMMANDS:
+        print(_usage())
+        if argv and argv[0] not in HELP_FLAGS:
             raise SystemExit(f"unknown command '{argv[0]}'")
+        return
+    name = argv[0]
+    func = _function(COMMANDS[name])
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(_help(name, func))
+        return
+    try:
+        _check_options(func, argv[1:])
+        result = _call(name, func, argv)
+    except Exception as e:
+        if os.environ.get("MGRAD_DEBUG"):
+            raise
+        cause = root_cause(e)
+        raise SystemExit(f"mgrad {name}: {type(cause).__name__}: {cause}") from None
+    status = _report(name, result)
+    if status:
+        raise SystemExit(status)

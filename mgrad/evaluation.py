@@ -1,165 +1,292 @@
 """``python -m mgrad evaluate``: per-organ 3D metrics of predictions, or of a dataset split segmented by the bundle.
 
-Two ways in:
+Two ways in, one scoring loop (:func:`score_pairs`) and one loader (:func:`mgrad.data.loading.load_pair`):
 
-- ``--pred_dir P --label_dir L --num_classes N``: score NIfTI predictions against NIfTI labels
-  (:func:`mgrad.metrics.evaluate`);
-- ``--dataset NAME --dataset_dir DIR [--split validation]``: segment the split's volumes with the bundle's trained
-  model (``configs/inference.json`` + ``configs/evaluate.json``), write the predictions in each volume's original
-  geometry, then score them against the split's labels in any format the data layer reads (NIfTI, h5, npz).
+- folders: ``pred_dir`` and ``label_dir`` hold NIfTI files paired by case name (:func:`evaluate_folders`);
+- a dataset split: the bundle (``configs/inference.json`` + ``configs/evaluate.json``) segments the split's volumes
+  and writes each prediction where its ``prediction_layout`` (MONAI's ``FolderLayout``) says; the
+  :class:`SegmentationReport` handler of that evaluator then scores them against the split's labels, in any format
+  the data layer reads (NIfTI, h5, npz).
 
-Both print a table laid out like the paper's Table 1 and write ``metrics.csv`` and ``metrics.json`` (with
-``mean_dice``).
+Both return the summary of :func:`mgrad.metrics.summarize` and write ``metrics.csv`` and ``metrics.json``.
 """
 
-import json
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
+from monai.data import FolderLayout
+from monai.data.folder_layout import default_name_formatter
 
 from mgrad import metrics
-from mgrad.transforms.io import load_ras
+from mgrad.bundle import config_names, default_bundle_root, load_workflow
+from mgrad.data.loading import load_pair
 from mgrad.visualize import overlay_figure
 
-__all__ = ["evaluate", "score_datalist", "prediction_path"]
+__all__ = ["SegmentationReport", "evaluate", "evaluate_folders", "prediction_file", "score_pairs"]
+
+PRED_SUFFIXES = ("_seg", "_pred", "_prediction")
+LABEL_SUFFIXES = ("_gt", "_label", "_labels", "_seg")
 
 
-def prediction_path(image: str, pred_dir: str, postfix: str = "seg") -> Path:
-    """Where ``SaveImaged(output_postfix=postfix, separate_folder=False)`` writes the prediction of ``image``."""
-    name = Path(image).name
-    stem = name[: -len(".gz")] if name.endswith(".gz") else name
-    stem = stem.rsplit(".", 1)[0] if "." in stem else stem
-    return Path(pred_dir) / f"{stem}_{postfix}.nii.gz"
+def prediction_file(image: str | os.PathLike, layout: FolderLayout) -> Path:
+    """Where ``SaveImaged(folder_layout=layout)`` writes the prediction of ``image``.
+
+    Args:
+        image: the input volume's file.
+        layout: the ``FolderLayout`` of the ``SaveImaged`` transform.
+
+    Returns:
+        the prediction's path.
+
+    Example:
+        >>> prediction_file("/data/case_000.nii.gz", FolderLayout("/out", "seg", ".nii.gz")).name
+        'case_000_seg.nii.gz'
+    """
+    return Path(layout.filename(**default_name_formatter({"filename_or_obj": str(image)}, None)))
 
 
-def _case_name(item: Mapping[str, Any]) -> str:
-    return str(item.get("case") or prediction_path(item["image"], ".").name[: -len("_seg.nii.gz")])
+def score_pairs(
+    pairs: Mapping[str, Mapping[str, Any]],
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    label_map: Mapping[int, int] | None = None,
+    protocol: str = "default",
+    output_dir: str | os.PathLike | None = None,
+    figures: bool = False,
+    errors: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Score each case's prediction against its label; a case that cannot be scored is reported, the others go on.
+
+    Args:
+        pairs: ``{case: {"pred": file, "label": file, "image": file (optional, for figures)}}``.
+        num_classes: number of classes including the background.
+        class_names: names of classes ``1 .. num_classes - 1`` (a first background name is dropped).
+        label_map: ``{raw label value: class}`` applied to the labels (unlisted values -> 0).
+        protocol: ``"default"`` or ``"transunet"`` (see :mod:`mgrad.metrics`).
+        output_dir: where ``metrics.csv``, ``metrics.json`` (and ``figures/CASE.png``) go; ``None``: nowhere.
+        figures: write a PNG per case (slices with ground truth and prediction overlaid).
+        errors: ``{case: message}`` of cases known to have failed before scoring.
+
+    Returns:
+        the summary of :func:`mgrad.metrics.summarize`, plus ``files``: the pair scored for each case.
+    """
+    if class_names is not None and len(class_names) == num_classes:
+        class_names = list(class_names)[1:]
+    names = list(class_names) if class_names else [str(c) for c in range(1, num_classes)]
+    cases: dict[str, Any] = {}
+    errors = dict(errors or {})
+    for case, files in pairs.items():
+        if case in errors:
+            continue
+        try:
+            pair = load_pair(files["pred"], files["label"], label_map, files.get("image"))
+            cases[case] = metrics.case_metrics(
+                _on_gpu(pair.pred), _on_gpu(pair.label), num_classes, pair.spacing, protocol
+            )
+            if output_dir is not None and figures and pair.image is not None:
+                path = Path(output_dir) / "figures" / f"{case}.png"
+                overlay_figure(pair.image, pair.label, pair.pred, path, names, f"{case}: ground truth and prediction")
+        except Exception as e:  # noqa: BLE001 - one bad case is reported, the others are scored
+            errors[case] = str(e)
+    summary = metrics.summarize(cases, class_names, protocol, dict(sorted(errors.items())))
+    summary["files"] = {case: {k: str(v) for k, v in files.items()} for case, files in pairs.items()}
+    if output_dir is not None:
+        metrics.write_report(summary, output_dir)
+    return summary
 
 
-def _load(item: Mapping[str, Any], pred_file: Path, label_map: Optional[Mapping[int, int]]):
-    """Image, prediction and label as arrays on one RAS grid, and the label's voxel spacing; grids must agree."""
-    label_file = item["label"]
-    data = load_ras(["image", "pred", "label"])({"image": item["image"], "pred": str(pred_file), "label": label_file})
-    image, pred, label = data["image"], data["pred"], data["label"]
-    if pred.shape != label.shape:
-        raise ValueError(
-            f"prediction {pred_file} {list(pred.shape[1:])} and label {label_file} {list(label.shape[1:])} "
-            "differ in shape"
-        )
-    if not np.allclose(pred.affine.numpy(), label.affine.numpy(), atol=1e-3):
-        raise ValueError(f"prediction {pred_file} and label {label_file} have different affines")
-    spacing = tuple(float(s) for s in np.linalg.norm(label.affine.numpy()[:3, :3], axis=0))
-    label = metrics.relabel(label.numpy()[0].round().astype(np.int64), label_map)
-    return image.numpy()[0], pred.numpy()[0].round().astype(np.int64), label, spacing
-
-
-def _on_gpu(volume: np.ndarray):
-    """On CUDA the metrics run on GPU tensors (mgrad.metrics picks its GPU path for them); else the array."""
+def _on_gpu(volume: np.ndarray) -> np.ndarray | torch.Tensor:
+    """On CUDA the metrics run on GPU tensors (:func:`mgrad.metrics.case_metrics` picks its GPU path for them)."""
     return torch.as_tensor(volume, device="cuda") if torch.cuda.is_available() else volume
 
 
-def score_datalist(
-    items: Sequence[Mapping[str, Any]],
-    pred_dir: str,
+def evaluate_folders(
+    pred_dir: str | os.PathLike | Sequence[str | os.PathLike],
+    label_dir: str | os.PathLike | Sequence[str | os.PathLike],
     num_classes: int,
-    class_names: Optional[Sequence[str]] = None,
-    label_map: Optional[Mapping[int, int]] = None,
+    class_names: Sequence[str] | None = None,
     protocol: str = "default",
-    output_dir: Optional[str] = None,
-    postfix: str = "seg",
-    figures: bool = True,
-) -> Dict[str, Any]:
-    """Score the predictions in ``pred_dir`` of the datalist ``items`` (``{"image", "label"}``) against their labels.
+    output_dir: str | os.PathLike | None = None,
+    label_map: Mapping[int, int] | None = None,
+) -> dict[str, Any]:
+    """Score NIfTI predictions against NIfTI labels (folders, searched recursively, or lists of files).
 
-    Both are compared on one RAS grid (a label stored in another orientation than its image still lines up); the
-    spacing comes from the label; on CUDA the metrics run on the GPU. A case whose prediction is missing or does not
-    fit is reported as an error; the others are still scored. With ``output_dir`` the report is written there, and
-    with ``figures`` a PNG per case (slices with ground truth and prediction overlaid) under ``output_dir/figures``.
-    Prints the table; returns the summary.
+    Files pair up by case name: the file name without ``.nii``/``.nii.gz`` and without a trailing ``_seg``,
+    ``_pred``, ``_prediction`` (predictions) or ``_gt``, ``_label``, ``_labels``, ``_seg`` (labels); where several
+    files share a name, the suffixed one wins (so ACDC's ``X.nii.gz`` image beside ``X_gt.nii.gz`` is skipped).
+    A case without a partner, or that cannot be read or matched in grid, is reported as an error.
+
+    Args:
+        pred_dir: folder of predictions (or a list of files).
+        label_dir: folder of labels (or a list of files).
+        num_classes: number of classes including the background.
+        class_names: names of classes ``1 .. num_classes - 1``.
+        protocol: ``"default"`` or ``"transunet"``.
+        output_dir: where the report goes; ``None``: nowhere.
+        label_map: ``{raw label value: class}`` applied to the labels.
+
+    Returns:
+        the summary (see :func:`score_pairs`).
+
+    Raises:
+        FileNotFoundError: where ``pred_dir`` or ``label_dir`` is a path but not a folder.
     """
-    names = list(class_names) if class_names else [str(c) for c in range(1, num_classes)]
-    cases: Dict[str, Any] = {}
-    errors: Dict[str, str] = {}
-    for item in items:
-        case = _case_name(item)
-        pred_file = prediction_path(item["image"], pred_dir, postfix)
-        try:
-            if not pred_file.is_file():
-                raise FileNotFoundError(f"no prediction {pred_file} for {item['image']}")
-            image, pred, label, spacing = _load(item, pred_file, label_map)
-            cases[case] = metrics.case_metrics(_on_gpu(pred), _on_gpu(label), num_classes, spacing, protocol)
-            if output_dir is not None and figures:
-                path = Path(output_dir) / "figures" / f"{case}.png"
-                overlay_figure(image, label, pred, path, names, title=f"{case}: ground truth and prediction")
-        except Exception as e:  # noqa: BLE001 - one bad case is reported, the others are scored
-            errors[case] = str(e)
-    summary = metrics.summarize(cases, class_names, protocol, errors)
-    if output_dir is not None:
-        metrics.write_report(summary, output_dir)
-    print(metrics.format_table(summary))
-    return summary
+    preds, pred_errors = _index(pred_dir, PRED_SUFFIXES)
+    labels, errors = _index(label_dir, LABEL_SUFFIXES)
+    errors.update(pred_errors)
+    errors.update({case: f"no label for prediction {preds[case]}" for case in preds.keys() - labels.keys()})
+    errors.update({case: f"no prediction for label {labels[case]}" for case in labels.keys() - preds.keys()})
+    pairs = {case: {"pred": preds[case], "label": labels[case]} for case in sorted(preds.keys() & labels.keys())}
+    return score_pairs(pairs, num_classes, class_names, label_map, protocol, output_dir, errors=errors)
+
+
+def _index(source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Sequence[str]) -> tuple[dict, dict]:
+    """{case name: file} for a folder (recursive) or a list of NIfTI files, and {case name: error} for ambiguities."""
+    if isinstance(source, (str, os.PathLike)):
+        if not Path(source).is_dir():
+            raise FileNotFoundError(f"not a folder: {source}")
+        paths = sorted(p for p in Path(source).rglob("*") if p.name.endswith((".nii", ".nii.gz")))
+    else:
+        paths = [Path(p) for p in source]
+    groups: dict[str, list[tuple[bool, Path]]] = {}
+    for path in paths:
+        name = path.name.removesuffix(".gz").removesuffix(".nii")
+        suffix = next((s for s in suffixes if name.endswith(s)), "")
+        groups.setdefault(name.removesuffix(suffix) if suffix else name, []).append((bool(suffix), path))
+    files, errors = {}, {}
+    for case, group in groups.items():
+        candidates = [path for suffixed, path in group if suffixed] or [path for _, path in group]
+        if len(candidates) == 1:
+            files[case] = candidates[0]
+        else:
+            errors[case] = "several files for one case: " + ", ".join(map(str, candidates))
+    return files, errors
+
+
+class SegmentationReport:
+    """Handler of the bundle's evaluation: when the evaluator completes, scores the prediction it wrote for each
+    item of ``datalist`` against the item's label and writes the report (:func:`score_pairs`).
+
+    A case the evaluator could not segment is reported with the evaluator's message. The summary is kept in
+    ``summary`` and in ``engine.state.metric_details["report"]``.
+
+    Args:
+        datalist: the items segmented (``{"image", "label", "case" (optional)}``).
+        prediction_layout: the ``FolderLayout`` the evaluator's ``SaveImaged`` writes with.
+        num_classes, class_names, label_map, protocol, output_dir, figures: as for :func:`score_pairs`.
+
+    Example:
+        In a bundle config, beside the evaluator's other handlers::
+
+            {"_target_": "mgrad.evaluation.SegmentationReport", "datalist": "@datalist",
+             "prediction_layout": "@prediction_layout", "num_classes": "@num_classes", "output_dir": "@output_dir"}
+    """
+
+    def __init__(
+        self,
+        datalist: Sequence[Mapping[str, Any]],
+        prediction_layout: FolderLayout,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        label_map: Mapping[int, int] | None = None,
+        protocol: str = "default",
+        output_dir: str | os.PathLike | None = None,
+        figures: bool = True,
+    ) -> None:
+        self.datalist, self.layout = datalist, prediction_layout
+        self.num_classes, self.class_names, self.label_map = num_classes, class_names, label_map
+        self.protocol, self.output_dir, self.figures = protocol, output_dir, figures
+        self.summary: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        failures = getattr(engine.state, "failures", [])
+        pairs, errors = {}, {}
+        for item in self.datalist:
+            case = str(item.get("case") or prediction_file(item["image"], FolderLayout("", "")).name)
+            pred = prediction_file(item["image"], self.layout)
+            pairs[case] = {"pred": pred, "label": item["label"], "image": item["image"]}
+            if not pred.is_file():
+                failed = [f for f in failures if str(item["image"]) in f]
+                errors[case] = failed[0] if failed else f"no prediction {pred} for {item['image']}"
+        self.summary = score_pairs(
+            pairs,
+            self.num_classes,
+            self.class_names,
+            self.label_map,
+            self.protocol,
+            self.output_dir,
+            self.figures,
+            errors,
+        )
+        engine.state.metric_details["report"] = self.summary
 
 
 def evaluate(
-    pred_dir: Optional[str] = None,
-    label_dir: Optional[str] = None,
-    num_classes: Optional[int] = None,
-    class_names: Optional[Any] = None,
+    pred_dir: str | None = None,
+    label_dir: str | None = None,
+    num_classes: int | None = None,
+    class_names: str | Sequence[str] | None = None,
     protocol: str = "default",
-    output_dir: Optional[str] = None,
-    dataset: Optional[str] = None,
-    dataset_dir: Optional[str] = None,
+    output_dir: str | None = None,
+    dataset: str | None = None,
+    dataset_dir: str | None = None,
     split: str = "validation",
-    bundle_root: Optional[str] = None,
+    bundle_root: str | None = None,
     configs: Sequence[str] = (),
     **overrides: Any,
-) -> Dict[str, Any]:
-    """Per-case, per-organ Dice, HD95, IoU and ASD in 3D; see the module docstring for the two ways in.
+) -> dict[str, Any]:
+    """Per-case, per-organ Dice, HD95, IoU and ASD in 3D, of prediction folders or of a dataset split.
 
     ``protocol="transunet"`` reproduces the published evaluation rules (HD95 in voxels, the 1/0 rule for empty
-    cases); the default reports empty cases explicitly. Other options (``--preset``, ``--ckpt_path``,
-    ``--device``) go to the bundle; ``--configs NAME`` layers more of its configs on top (e.g. ``baseline_basicunet``).
-    Exits with status 1 if any case failed.
+    cases); the default reports empty cases explicitly.
+
+    Args:
+        pred_dir, label_dir, num_classes: the folder way in (see :func:`evaluate_folders`).
+        class_names: names of classes ``1 .. N-1`` (a list or one comma-separated string); folders only.
+        protocol: ``"default"`` or ``"transunet"``.
+        output_dir: where the report goes (default: ``pred_dir``, or the bundle's ``eval/`` for a split).
+        dataset, dataset_dir, split: the dataset way in: the bundle segments the split with its trained model.
+        bundle_root: the bundle folder (dataset way in).
+        configs: more bundle configs layered on top (e.g. ``baseline_basicunet``).
+        overrides: other bundle ids (``preset``, ``ckpt_path``, ``device``, ...).
+
+    Returns:
+        the summary of :func:`mgrad.metrics.summarize`; cases that failed are in its ``errors``.
+
+    Raises:
+        ValueError: where neither way in is complete, or options of the other way in are given.
     """
     if dataset is None:
         if pred_dir is None or label_dir is None or num_classes is None:
-            raise SystemExit("evaluate needs --pred_dir, --label_dir and --num_classes, or --dataset and --dataset_dir")
-        summary = metrics.evaluate(pred_dir, label_dir, num_classes, class_names, protocol, output_dir)
-    else:
-        summary = _evaluate_dataset(dataset, dataset_dir, split, protocol, output_dir, bundle_root, configs, overrides)
-    if summary.get("errors"):
-        raise SystemExit(1)
-    return summary
-
-
-def _evaluate_dataset(
-    dataset: str,
-    dataset_dir: Optional[str],
-    split: str,
-    protocol: str,
-    output_dir: Optional[str],
-    bundle_root: Optional[str],
-    configs: Sequence[str],
-    overrides: Dict[str, Any],
-) -> Dict[str, Any]:
-    from mgrad.bundle import config_names, default_bundle_root, run_config
-    from mgrad.engines.evaluator import CaseFailures
-
+            raise ValueError("evaluate needs --pred_dir, --label_dir and --num_classes, or --dataset and --dataset_dir")
+        if overrides or configs or bundle_root is not None or dataset_dir is not None:
+            extra = [*overrides, *(["configs"] if configs else []), *(["bundle_root"] if bundle_root else [])]
+            raise ValueError(
+                f"options for a dataset split given with --pred_dir: {', '.join(extra or ['dataset_dir'])}"
+            )
+        if isinstance(class_names, str):
+            class_names = [name.strip() for name in class_names.split(",")]
+        out = output_dir if output_dir is not None else pred_dir
+        return evaluate_folders(pred_dir, label_dir, num_classes, class_names, protocol, out)
     root = Path(bundle_root) if bundle_root else default_bundle_root()
-    out = Path(output_dir) if output_dir else root / "eval"
-    try:
-        run_config(
-            ["inference", "evaluate", *config_names(configs)],
-            root,
-            dataset_name=dataset,
-            dataset_dir=dataset_dir,
-            split=split,
-            output_dir=str(out),
-            protocol=protocol,
-            **overrides,
-        )
-    except CaseFailures as e:  # the failed cases are reported again by the scoring, beside the others
-        print(e)
-    return json.loads((out / "metrics.json").read_text())
+    if dataset_dir is not None:
+        overrides["dataset_dir"] = dataset_dir
+    workflow = load_workflow(
+        ["inference", "evaluate", *config_names(configs)],
+        root,
+        dataset=dataset,
+        split=split,
+        output_dir=str(Path(output_dir) if output_dir else root / "eval"),
+        protocol=protocol,
+        **overrides,
+    )
+    workflow.parser.get_parsed_content("evaluator").run()
+    return workflow.parser.get_parsed_content("report").summary

@@ -1,8 +1,8 @@
 """``python -m mgrad export-bundle``: the bundle as a zip that ``monai.bundle download`` and MONAI Label take."""
 
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
 
 import mgrad
 from mgrad.bundle import default_bundle_root
@@ -14,7 +14,7 @@ BUNDLE_NAME = "mgrad_unet"
 BUNDLE_PARTS = ("configs", "docs", "LICENSE", "large_files.yml")
 
 
-def _bundle_files(bundle_root: Path, name: str, include_model: bool) -> Iterator[Tuple[Path, str]]:
+def _bundle_files(bundle_root: Path, name: str, include_model: bool) -> Iterator[tuple[Path, str]]:
     for part in BUNDLE_PARTS:
         path = bundle_root / part
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -30,7 +30,7 @@ def _bundle_files(bundle_root: Path, name: str, include_model: bool) -> Iterator
 
 def export_bundle(
     output: str = f"{BUNDLE_NAME}.zip",
-    bundle_root: Optional[str] = None,
+    bundle_root: str | None = None,
     name: str = BUNDLE_NAME,
     include_model: bool = True,
 ) -> str:
@@ -48,5 +48,4 @@ def export_bundle(
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path, arcname in _bundle_files(root, name, include_model):
                 archive.write(path, arcname)
-    print(f"wrote {output}")
     return str(output)

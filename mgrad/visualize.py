@@ -1,7 +1,7 @@
 """Pictures: slices with ground truth and prediction overlaid in organ colours, and training curves (PNG)."""
 
 import os
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -53,7 +53,7 @@ def overlay_figure(
     image: np.ndarray,
     label: np.ndarray,
     pred: np.ndarray,
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     class_names: Sequence[str],
     title: str = "",
     num_slices: int = 3,
@@ -86,7 +86,7 @@ def overlay_figure(
     return str(path)
 
 
-def training_curves(history: Mapping[str, Sequence[Optional[float]]], path: Union[str, os.PathLike]) -> str:
+def training_curves(history: Mapping[str, Sequence[float | None]], path: str | os.PathLike) -> str:
     """PNG of the training loss and the validation mean Dice per epoch (``history``: ``epoch``, ``loss``,
     ``val_mean_dice`` lists, ``None`` where an epoch was not validated). Written atomically; returns the path."""
     epochs = np.asarray(history["epoch"])

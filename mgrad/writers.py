@@ -2,9 +2,9 @@
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
 
 from monai.data import NibabelWriter
 
@@ -15,7 +15,7 @@ PROBABILITY_SCALE = 65535
 
 
 @contextmanager
-def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffixes); rename it to ``path`` if the block succeeds.
 
     On failure the temporary file is removed and an existing ``path`` is left as it was.
@@ -37,7 +37,7 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
 class AtomicNibabelWriter(NibabelWriter):
     """MONAI's ``NibabelWriter`` writing through :func:`atomic_path` (use as ``SaveImaged(writer=...)``)."""
 
-    def write(self, filename: Union[str, os.PathLike], verbose: bool = False, **obj_kwargs) -> None:
+    def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
         with atomic_path(filename) as tmp:
             super().write(tmp, verbose=verbose, **obj_kwargs)
 

@@ -32,6 +32,16 @@ def tiny_overrides(bundle_root: Path, dataset_dir: Path, **extra) -> dict:
     }
 
 
+def config_files(bundle_root: Path, *names: str) -> list:
+    """The bundle's ``configs/common.json`` and ``configs/<name>.json`` files, in the order a run merges them."""
+    return [str(bundle_root / "configs" / f"{name}.json") for name in ("common", *names)]
+
+
+def config_arg(bundle_root: Path, *names: str) -> str:
+    """:func:`config_files` as one ``--config_file`` value of ``python -m monai.bundle``."""
+    return "[" + ",".join(f"'{f}'" for f in config_files(bundle_root, *names)) + "]"
+
+
 def cli_args(overrides: dict) -> list:
     """``--key value`` arguments for ``python -m monai.bundle run``."""
     args = []
@@ -70,7 +80,7 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path) 
     root = copy_bundle(tmp_path_factory.mktemp("trained") / "bundle")
     run(
         "training",
-        config_file=str(root / "configs" / "train.json"),
+        config_file=config_files(root, "train"),
         meta_file=str(root / "configs" / "metadata.json"),
         logging_file=str(root / "configs" / "logging.conf"),
         **tiny_overrides(root, phantom_dir, epochs=8, val_interval=2),

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_fixtures import TINY, cli_args, run_cli
+from bundle_fixtures import TINY, cli_args, config_arg, run_cli
 
 from mgrad.networks import MGRADUNet
 
@@ -94,7 +94,7 @@ def test_evaluate_a_dataset_split(trained_bundle, phantom_dir, tmp_path):
 
 @pytest.mark.parametrize("protocol", ["transunet"])
 def test_evaluate_config_through_monai_bundle(trained_bundle, phantom_dir, tmp_path, protocol):
-    configs = f"['{trained_bundle}/configs/inference.json','{trained_bundle}/configs/evaluate.json']"
+    configs = config_arg(trained_bundle, "inference", "evaluate")
     overrides = {"bundle_root": str(trained_bundle), "dataset_dir": str(phantom_dir), "output_dir": str(tmp_path)}
     overrides.update({"size": TINY, "protocol": protocol, "device": "$torch.device('cpu')"})
     result = run_cli(["-m", "monai.bundle", "run", "--config_file", configs, *cli_args(overrides)])

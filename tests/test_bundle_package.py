@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_fixtures import REPO, TINY, cli_args, run_cli
+from bundle_fixtures import REPO, TINY, cli_args, config_arg, config_files, run_cli
 from monai.bundle import ConfigParser
 
 from mgrad.export import export_bundle
@@ -32,7 +32,7 @@ def test_metadata_is_valid_against_monai_schema():
 def test_verify_net_in_out():
     configs = REPO / "bundle" / "configs"
     args = ["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json")]
-    args += ["--config_file", str(configs / "inference.json"), "--device", "cpu", "--n", "4"]
+    args += ["--config_file", config_arg(REPO / "bundle", "inference"), "--device", "cpu", "--n", "4"]
     result = run_cli(args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
@@ -43,12 +43,11 @@ def test_torchscript_export_matches_checkpoint(trained_bundle, tmp_path):
     exported = tmp_path / "model.ts"
     args = ["-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(exported)]
     args += ["--ckpt_file", str(trained_bundle / "models" / "model.pt"), "--meta_file", str(configs / "metadata.json")]
-    args += ["--config_file", str(configs / "inference.json"), *cli_args({"size": TINY})]
+    args += ["--config_file", config_arg(trained_bundle, "inference"), *cli_args({"size": TINY})]
     result = run_cli(args)
     assert result.returncode == 0, result.stderr[-2000:]
     scripted = torch.jit.load(str(exported))
-    parser = ConfigParser.load_config_file(str(configs / "inference.json"))
-    parser = ConfigParser(parser)
+    parser = ConfigParser(ConfigParser.load_config_files(config_files(trained_bundle, "inference")))
     parser["size"] = TINY
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True))

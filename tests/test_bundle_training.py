@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_fixtures import REPO, cli_args, copy_bundle, run_cli, tiny_overrides
+from bundle_fixtures import REPO, cli_args, config_arg, config_files, copy_bundle, run_cli, tiny_overrides
 from monai.bundle import ConfigWorkflow
 
 
@@ -21,7 +21,7 @@ def epoch_of(checkpoint: Path) -> int:
 def validation_dice(root: Path, dataset_dir: Path, weights: Path = None) -> float:
     """Mean Dice of the bundle's validation evaluator, with untrained weights or ``weights``."""
     workflow = ConfigWorkflow(
-        config_file=str(root / "configs" / "train.json"),
+        config_file=config_files(root, "train"),
         meta_file=str(root / "configs" / "metadata.json"),
         logging_file=False,
         workflow_type="train",
@@ -40,7 +40,7 @@ def test_properties_of_train_and_inference_configs(tmp_path, phantom_dir):
     root = copy_bundle(tmp_path / "bundle")
     for config, kind in (("train", "train"), ("inference", "infer")):
         workflow = ConfigWorkflow(
-            config_file=str(root / "configs" / f"{config}.json"),
+            config_file=config_files(root, config),
             meta_file=str(root / "configs" / "metadata.json"),
             logging_file=False,
             workflow_type=kind,
@@ -66,7 +66,7 @@ def test_monai_bundle_cli_run_ids(tmp_path, phantom_dir, run_id):
     args = ["-m", "monai.bundle", "run", *([run_id] if run_id else [])]
     args += [
         "--config_file",
-        str(root / "configs" / "train.json"),
+        config_arg(root, "train"),
         "--meta_file",
         str(root / "configs" / "metadata.json"),
     ]
@@ -92,7 +92,7 @@ def test_mgrad_train_with_time_budget(tmp_path, phantom_dir):
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir):
     root = copy_bundle(tmp_path / "bundle")
-    config = ["-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.json")]
+    config = ["-m", "monai.bundle", "run", "--config_file", config_arg(root, "train")]
     checkpoint = root / "models" / "checkpoint.pt"
     overrides = tiny_overrides(root, phantom_dir, epochs=1000, val_interval=1000)
     process = subprocess.Popen([sys.executable, *config, *cli_args(overrides)], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -126,7 +126,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir):
 
 def test_torchrun_two_processes_on_cpu(tmp_path, phantom_dir):
     root = copy_bundle(tmp_path / "bundle")
-    configs = f"['{root}/configs/train.json','{root}/configs/multi_gpu_train.json']"
+    configs = config_arg(root, "train", "multi_gpu_train")
     args = ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     args += ["-m", "monai.bundle", "run", "training", "--config_file", configs]
     overrides = tiny_overrides(root, phantom_dir, epochs=2, val_interval=1)

@@ -11,6 +11,7 @@ from mgrad.data import (
     SYNAPSE_TEST_CASES,
     SYNAPSE_TRAIN_CASES,
     DataError,
+    DatasetSpec,
     MissingSplitError,
     dataset_info,
     get_datalist,
@@ -110,16 +111,17 @@ def test_bad_datalist_requests(tmp_path, synthetic_dir):
 def test_dataset_presets():
     assert set(DATASETS) == {"synthetic", "synapse", "synapse_transunet", "acdc", "acdc_h5", "decathlon"}
     syn = DATASETS["synapse"]
-    assert syn["num_classes"] == 9 and syn["preset"] == "ct" and len(syn["class_names"]) == 8
-    assert syn["class_names"][0] == "aorta" and syn["class_names"][-1] == "stomach"
-    assert {k: v for k, v in syn["label_map"].items() if v} == {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
-    assert set(syn["label_map"]) == set(range(14))
-    assert DATASETS["acdc"]["class_names"] == ["rv", "myo", "lv"] and DATASETS["acdc_h5"]["preset"] == "none"
+    assert syn.num_classes == 9 and syn.intensity == "ct" and len(syn.class_names) == 8
+    assert syn.class_names[0] == "aorta" and syn.class_names[-1] == "stomach"
+    assert {k: v for k, v in syn.label_map.items() if v} == {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
+    assert set(syn.label_map) == set(range(14))
+    assert list(DATASETS["acdc"].class_names) == ["rv", "myo", "lv"] and DATASETS["acdc_h5"].intensity == "none"
     for name, info in DATASETS.items():
-        assert set(info) == {"preset", "label_map", "num_classes", "class_names", "training_slices"}, name
+        assert info.name == name and isinstance(info, DatasetSpec), name
+    assert syn["preset"] == syn.intensity and syn["num_classes"] == 9  # configs written for the dict registry
 
 
 def test_decathlon_info_from_json(synthetic_dir):
     info = dataset_info("decathlon", str(synthetic_dir))
-    assert info["num_classes"] == 9 and info["class_names"] == DATASETS["synthetic"]["class_names"]
-    assert info["preset"] == "ct"
+    assert info.num_classes == 9 and info.class_names == DATASETS["synthetic"].class_names
+    assert info.intensity == "ct"

@@ -13,8 +13,8 @@ import torch
 from medpy.metric import binary as medpy
 from scipy import ndimage
 
-from mgrad import metrics
-from mgrad.metrics import case_metrics, evaluate, evaluate_folders, format_table, summarize, write_report
+from mgrad.evaluation import evaluate, evaluate_folders
+from mgrad.metrics import METRICS, case_metrics, format_table, summarize, surface, write_report
 
 SHARED_DATA = Path(os.environ.get("MGRAD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ACDC_VOLUMES = sorted((SHARED_DATA / "ACDC_SSL4MIS_h5" / "volumes").glob("*.h5"))
@@ -106,11 +106,11 @@ def test_torch_path_matches_numpy_path():
     label = random_blobs((20, 24, 16), 4, rng)
     pred = np.roll(label, 1, axis=1)
     tp, tl = torch.as_tensor(pred).long(), torch.as_tensor(label).long()
-    np.testing.assert_array_equal(metrics._confusion(tp, tl, 4), metrics._confusion(pred, label, 4))
-    assert metrics._boxes(tp, tl, 4) == metrics._boxes(pred, label, 4)
+    np.testing.assert_array_equal(surface.confusion(tp, tl, 4), surface.confusion(pred, label, 4))
+    assert surface.boxes(tp, tl, 4) == surface.boxes(pred, label, 4)
     for c in range(1, 4):
-        cpu = metrics._distance_metrics(pred == c, label == c, (1.0, 0.7, 2.5))
-        gpu = metrics._distance_metrics(tp == c, tl == c, (1.0, 0.7, 2.5))
+        cpu = surface.distance_metrics(pred == c, label == c, (1.0, 0.7, 2.5))
+        gpu = surface.distance_metrics(tp == c, tl == c, (1.0, 0.7, 2.5))
         assert gpu == pytest.approx(cpu, abs=1e-9)
 
 
@@ -187,7 +187,7 @@ def test_default_protocol_reports_empty_cases():
     assert result[1]["dice"] == pytest.approx(medpy.dc(pred == 1, label == 1))
     assert result[2]["dice"] == 0 and math.isnan(result[2]["hd95"]) and result[2]["gt_empty"]
     assert result[3]["iou"] == 0 and math.isnan(result[3]["asd"]) and result[3]["pred_empty"]
-    assert all(math.isnan(result[4][k]) for k in metrics.METRICS) and result[4]["gt_empty"] and result[4]["pred_empty"]
+    assert all(math.isnan(result[4][k]) for k in METRICS) and result[4]["gt_empty"] and result[4]["pred_empty"]
     summary = summarize({"a": result, "b": case_metrics(label, label, 5)}, ["one", "two", "three", "four"])
     two, three, four = (summary["per_class"][n] for n in ("two", "three", "four"))
     assert two["dice"] == 0 and math.isnan(two["hd95"]) and two["n_gt_empty"] == 2 and two["n_pred_empty"] == 1
@@ -227,7 +227,7 @@ def save_nifti(path: Path, array: np.ndarray, zooms=(0.8, 0.9, 2.5)) -> None:
     nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(path))
 
 
-def test_evaluate_folders_reports_bad_cases_and_scores_the_others(tmp_path, capsys):
+def test_evaluate_folders_reports_bad_cases_and_scores_the_others(tmp_path):
     rng = np.random.default_rng(6)
     preds, labels = tmp_path / "pred", tmp_path / "labels"
     (preds / "good2").mkdir(parents=True)
@@ -249,7 +249,7 @@ def test_evaluate_folders_reports_bad_cases_and_scores_the_others(tmp_path, caps
     save_nifti(labels / "orphan_gt.nii.gz", np.zeros((20, 22, 8)))
 
     summary = evaluate(str(preds), str(labels), 4, class_names="background,RV,MYO,LV", output_dir=str(tmp_path / "o"))
-    printed = capsys.readouterr().out
+    printed = format_table(summary)
     assert sorted(summary["cases"]) == ["good1", "good2"] and summary["class_names"] == ["RV", "MYO", "LV"]
     for case, (pred, label) in good.items():
         expected = case_metrics(pred, label, 4, (0.8, 0.9, 2.5))

@@ -32,8 +32,8 @@ def test_dataset_json(synthetic_dir):
     meta = json.loads((synthetic_dir / "dataset.json").read_text())
     assert len(meta["training"]) == 6 and len(meta["validation"]) == 2
     assert all(d["image"].startswith("./imagesTr/") and d["label"].startswith("./labelsTr/") for d in meta["training"])
-    assert [meta["labels"][str(i)] for i in range(1, 9)] == DATASETS["synthetic"]["class_names"]
-    assert DATASETS["synthetic"]["num_classes"] == len(meta["labels"]) == 9  # the Synapse organs and label values
+    assert [meta["labels"][str(i)] for i in range(1, 9)] == list(DATASETS["synthetic"].class_names)
+    assert DATASETS["synthetic"].num_classes == len(meta["labels"]) == 9  # the Synapse organs and label values
 
 
 def test_geometry_is_anisotropic_and_oblique(synthetic_dir):

@@ -67,7 +67,7 @@ def test_btcv_to_synapse_label_map(tmp_path):
     for name, array in (("img", image), ("lab", label)):
         nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / f"{name}.nii.gz")
     item = {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
-    out = volume_transforms("ct", 8, label_map=DATASETS["synapse"]["label_map"], num_classes=9)(item)["label"]
+    out = volume_transforms("ct", 8, label_map=DATASETS["synapse"].label_map, num_classes=9)(item)["label"]
     per_slice = [int(out[0, 0, 0, z]) for z in range(14)]
     # BTCV: 1 spleen 2 kidney_right 3 kidney_left 4 gallbladder 5 esophagus 6 liver 7 stomach 8 aorta ... 11 pancreas
     assert per_slice == [0, 7, 4, 3, 2, 0, 5, 8, 1, 0, 0, 6, 0, 0]

@@ -2,7 +2,6 @@
 
 import re
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 
@@ -12,7 +11,7 @@ SPLIT_FRACTIONS = {"training": 0.70, "validation": 0.15, "test": 0.15}
 _FRAME = re.compile(r"(patient\d+)_frame\d+\.nii(\.gz)?$")
 
 
-def split_patients(patients: List[str], split: str, seed: int = 0) -> List[str]:
+def split_patients(patients: list[str], split: str, seed: int = 0) -> list[str]:
     """Seeded 70/15/15 split of sorted patient ids; every patient is in exactly one split."""
     order = np.random.default_rng(seed).permutation(sorted(patients))
     n_train = round(SPLIT_FRACTIONS["training"] * len(order))
@@ -22,9 +21,9 @@ def split_patients(patients: List[str], split: str, seed: int = 0) -> List[str]:
     return sorted(order[start:stop].tolist())
 
 
-def acdc_datalist(dataset_dir: str, split: str, seed: int = 0) -> List[Dict[str, str]]:
+def acdc_datalist(dataset_dir: str, split: str, seed: int = 0) -> list[dict[str, str]]:
     """ACDC NIfTI (``patientNNN/patientNNN_frameFF.nii.gz`` + ``_gt``, searched recursively), split by patient."""
-    frames: Dict[str, List[Path]] = {}
+    frames: dict[str, list[Path]] = {}
     for path in sorted(Path(dataset_dir).rglob("patient*_frame*.nii*")):
         match = _FRAME.match(path.name)
         if match and not path.name.endswith(("_gt.nii.gz", "_gt.nii")):
@@ -41,13 +40,13 @@ def acdc_datalist(dataset_dir: str, split: str, seed: int = 0) -> List[Dict[str,
     return items
 
 
-def _read_list(path: Path) -> List[str]:
+def _read_list(path: Path) -> list[str]:
     """Names in an SSL4MIS list file, one a line, without a ``.h5`` suffix."""
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return [n[: -len(".h5")] if n.endswith(".h5") else n for n in names]
 
 
-def acdc_h5_datalist(dataset_dir: str, split: str) -> List[Dict[str, str]]:
+def acdc_h5_datalist(dataset_dir: str, split: str) -> list[dict[str, str]]:
     """SSL4MIS ACDC: training = ``slices/*.h5`` named in ``train_slices.list`` (or of the volumes in ``train.list``);
     validation/test = ``volumes/*.h5`` named in ``val.list`` / ``test.list``."""
     root = Path(dataset_dir)

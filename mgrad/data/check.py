@@ -1,19 +1,22 @@
-"""``python -m mgrad check-data PATH [--dataset NAME]``: validate every case before training."""
+"""Checking a dataset before training: every case of every split, every problem named with the file to fix."""
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any
 
-from mgrad.data.datalist import SPLITS, decathlon_datalist, get_datalist
+from mgrad.data.datalist import SPLITS, decathlon_datalist
+from mgrad.data.datasets import dataset_info, get_datalist
 from mgrad.data.errors import DataError, MissingSplitError
-from mgrad.data.presets import dataset_info
+from mgrad.data.loading import load_ras
 from mgrad.data.validate import case_problems
 from mgrad.errors import root_cause
 
+__all__ = ["check_data"]
 
-def _datalists(path: Path, dataset: Optional[str]) -> Tuple[Dict[str, List[dict]], List[str]]:
+
+def _datalists(path: Path, dataset: str | None) -> tuple[dict[str, list[dict]], list[str]]:
     """Every available split's items, and the datalist-level problems (missing folder, empty list, ...)."""
-    lists: Dict[str, List[dict]] = {}
-    problems: List[str] = []
+    lists: dict[str, list[dict]] = {}
+    problems: list[str] = []
     for split in SPLITS:
         try:
             if dataset is None or (dataset == "decathlon" and path.suffix == ".json"):
@@ -31,63 +34,67 @@ def _datalists(path: Path, dataset: Optional[str]) -> Tuple[Dict[str, List[dict]
     return lists, problems
 
 
-def _load(key: str, path: str):
-    """``(tensor, None)`` or ``(None, problem)`` for one file, loaded channel-first in RAS as the pipelines do."""
-    from mgrad.transforms.io import load_ras  # mgrad.transforms imports mgrad.data
-
+def _load(key: str, path: str) -> tuple[Any, str | None]:
+    """``(tensor, None)`` or ``(None, problem without the file name)`` for one file, loaded as the pipelines do."""
     try:
-        return load_ras(key)({key: path})[key], None
-    except Exception as e:
-        return None, str(root_cause(e))
+        return load_ras(path, key), None
+    except Exception as e:  # noqa: BLE001 - every unreadable file becomes a reported problem
+        problem = str(root_cause(e))
+        return None, problem.split(": ", 1)[1] if problem.startswith(f"{path}: ") else problem
 
 
-def check_data(path: str, dataset: Optional[str] = None, num_classes: Optional[int] = None) -> dict:
+def check_data(path: str, dataset: str | None = None, num_classes: int | None = None) -> dict[str, Any]:
     """Validate every case of a decathlon-style ``dataset.json`` (or folder holding one), or of a dataset folder of
     layout ``dataset`` (see :func:`mgrad.data.get_datalist`).
 
     Checks each file is present and readable, finite, a 3D volume (2D slice files are accepted as training items of
     slice datasets), label values integer and in ``0..num_classes-1`` (or in the dataset's label map), and image/label
-    shapes and affines equal. Prints one line per problem file and a summary; raises ``SystemExit(1)`` if any case is
-    broken, else returns ``{"cases": n, "broken": 0, "splits": {...}}``.
+    shapes and affines equal. Each problem line starts with the file to fix; a problem of the pair (shape, affine)
+    starts with the label and names the image too.
+
+    Args:
+        path: a ``dataset.json``, a folder holding one, or a dataset folder (with ``dataset``).
+        dataset: the dataset layout (a key of :data:`mgrad.data.DATASETS`); ``None``: decathlon ``dataset.json``.
+        num_classes: the number of classes, background included (default: the dataset's).
+
+    Returns:
+        ``{"path", "cases": number checked, "broken": number of broken cases, "splits": {split: items},
+        "problems": [one line per problem file or datalist]}``; the data are fit for training where ``problems``
+        is empty.
+
+    Example:
+        >>> report = check_data("/data/Task09_Spleen/dataset.json")  # doctest: +SKIP
+        >>> report["problems"]
+        []
     """
     root = Path(path)
+    report: dict[str, Any] = {"path": str(root), "cases": 0, "broken": 0, "splits": {}, "problems": []}
     if dataset is None and root.is_dir() and not (root / "dataset.json").is_file():
-        print(f"{root}: no dataset.json here; pass --dataset NAME for a dataset folder")
-        raise SystemExit(1)
+        report["problems"].append(f"{root}: no dataset.json here; pass --dataset NAME for a dataset folder")
+        return report
     info = dataset_info(dataset or "decathlon", str(root))
-    num_classes = num_classes or info["num_classes"]
+    num_classes = num_classes or info.num_classes
     lists, problems = _datalists(root, dataset) if root.exists() else ({}, [f"{root}: not found"])
     seen, broken = set(), set()
     for split, items in lists.items():
-        require_volume = not (split == "training" and info["training_slices"])
+        require_volume = not (split == "training" and info.training_slices)
         for item in items:
             key = (item.get("image"), item.get("label"))
             if key in seen:
                 continue
             seen.add(key)
-            loaded, case = {}, {}
+            loaded, unreadable = {}, {}
             for k in ("image", "label"):
                 if k in item:
                     loaded[k], problem = _load(k, item[k])
                     if problem:
-                        case[str(item[k])] = [
-                            problem.split(": ", 1)[1] if problem.startswith(str(item[k])) else problem
-                        ]
-            found = case_problems(
-                loaded.get("image"),
-                loaded.get("label"),
-                num_classes if info["label_map"] is None else None,
-                info["label_map"],
-                require_volume,
-            )
-            for f, p in {**found, **case}.items():
-                problems.append(f"{f}: {'; '.join(p)}")
-            if found or case:
+                        unreadable[str(item[k])] = [problem]
+            found = case_problems(loaded.get("image"), loaded.get("label"), num_classes, info.label_map, require_volume)
+            for file, lines in {**found, **unreadable}.items():
+                problems.append(f"{file}: {'; '.join(lines)}")
+            if found or unreadable:
                 broken.add(key)
-    for line in problems:
-        print(line)
-    splits = {s: len(items) for s, items in lists.items()}
-    print(f"check-data {root}: {len(seen)} cases in {splits}, {len(broken)} broken, {len(problems)} problem lines")
-    if problems:
-        raise SystemExit(1)
-    return {"cases": len(seen), "broken": 0, "splits": splits}
+    report.update(
+        cases=len(seen), broken=len(broken), splits={s: len(items) for s, items in lists.items()}, problems=problems
+    )
+    return report

@@ -6,8 +6,9 @@ Each reader reads one named array (``key``), so use one reader per dict key, e.g
 ``LoadImaged("label", reader=H5Reader("label"))``, or :class:`mgrad.transforms.LoadVolumed`, which picks them by suffix.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import h5py
 import numpy as np
@@ -15,7 +16,7 @@ from monai.data import ImageReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def to_volume(array: np.ndarray, name: str = "") -> np.ndarray:
@@ -36,17 +37,17 @@ class _ArrayFileReader(ImageReader):
         super().__init__()
         self.key = key
 
-    def verify_suffix(self, filename: Union[Sequence[PathLike], PathLike]) -> bool:
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return is_supported_format(filename, self.suffixes)
 
-    def read(self, data: Union[Sequence[PathLike], PathLike], **kwargs: Any) -> Union[np.ndarray, list]:
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> np.ndarray | list:
         arrays = [to_volume(self._read_array(str(name)), str(name)) for name in ensure_tuple(data)]
         return arrays if len(arrays) > 1 else arrays[0]
 
     def _read_array(self, name: str) -> np.ndarray:
         raise NotImplementedError
 
-    def get_data(self, img: Union[np.ndarray, list]) -> tuple:
+    def get_data(self, img: np.ndarray | list) -> tuple:
         arrays = [img] if isinstance(img, np.ndarray) else list(img)
         meta = {
             MetaKeys.AFFINE: np.eye(4),

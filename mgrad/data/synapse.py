@@ -1,7 +1,6 @@
 """Synapse (BTCV abdomen) datalists: the raw BTCV layout and TransUNet's preprocessed copy."""
 
 from pathlib import Path
-from typing import Dict, List
 
 from mgrad.data.errors import DataError, MissingSplitError
 
@@ -21,11 +20,11 @@ def _btcv_root(dataset_dir: Path) -> Path:
     )
 
 
-def synapse_datalist(dataset_dir: str, split: str) -> List[Dict[str, str]]:
+def synapse_datalist(dataset_dir: str, split: str) -> list[dict[str, str]]:
     """Raw BTCV: TransUNet's 18 training cases, or its 12 test cases for ``validation`` and ``test``.
 
     TransUNet has no validation split; ``validation`` here is the test set, so report test numbers only from a
-    model not selected on it. Labels are raw BTCV ids: remap them with ``DATASETS["synapse"]["label_map"]``.
+    model not selected on it. Labels are raw BTCV ids: remap them with ``DATASETS["synapse"].label_map``.
     """
     root = _btcv_root(Path(dataset_dir))
     cases = SYNAPSE_TRAIN_CASES if split == "training" else SYNAPSE_TEST_CASES
@@ -39,7 +38,7 @@ def synapse_datalist(dataset_dir: str, split: str) -> List[Dict[str, str]]:
     return items
 
 
-def synapse_transunet_datalist(dataset_dir: str, split: str) -> List[Dict[str, str]]:
+def synapse_transunet_datalist(dataset_dir: str, split: str) -> list[dict[str, str]]:
     """TransUNet's copy: ``train_npz/*.npz`` 2D slices for training, ``test_vol_h5/*.npy.h5`` volumes otherwise."""
     root = Path(dataset_dir)
     folder, pattern = ("train_npz", "*.npz") if split == "training" else ("test_vol_h5", "*.h5")

@@ -11,14 +11,14 @@ origin offset).
 """
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from mgrad.data.presets import SYNAPSE_CLASSES
+from mgrad.data.classes import SYNAPSE_CLASSES
 from mgrad.writers import atomic_path
 
 AORTA, GALLBLADDER, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, PANCREAS, SPLEEN, STOMACH = range(1, 9)
@@ -35,7 +35,7 @@ ORGAN_HU = {
 }
 
 
-def _smooth_noise(rng: np.random.Generator, shape: Tuple[int, ...], sigma: Sequence[float]) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: Sequence[float]) -> np.ndarray:
     field = gaussian_filter(rng.standard_normal(shape), sigma)
     return field / (field.std() + 1e-8)
 
@@ -46,8 +46,8 @@ def _ellipsoid(grid: np.ndarray, center: Sequence[float], radii: Sequence[float]
 
 
 def make_case(
-    rng: np.random.Generator, shape: Tuple[int, int, int], spacing: Sequence[float]
-) -> Tuple[np.ndarray, np.ndarray]:
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """One phantom: ``(image int16 HU, label uint8)`` on a ``shape`` voxel grid with ``spacing`` mm."""
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"))  # mm, centred

@@ -1,11 +1,13 @@
 """Checks of one loaded case (channel-first arrays with their affines); each returns problems per file."""
 
-from typing import Dict, List, Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.utils import convert_to_numpy
+
+from mgrad.data.loading import GRID_ATOL, affine_difference
 
 MAX_LABEL = 65535  # larger label values are reported without counting them
 
@@ -15,7 +17,7 @@ def filename(x: torch.Tensor, default: str = "<array>") -> str:
     return str(x.meta.get("filename_or_obj", default)) if isinstance(x, MetaTensor) else default
 
 
-def image_problems(image: torch.Tensor, require_volume: bool = True) -> List[str]:
+def image_problems(image: torch.Tensor, require_volume: bool = True) -> list[str]:
     """Dimensionality of a channel-first ``(C, H, W, D)`` image and finiteness of its values."""
     problems = []
     shape = tuple(image.shape[1:])
@@ -30,8 +32,8 @@ def image_problems(image: torch.Tensor, require_volume: bool = True) -> List[str
 
 
 def label_problems(
-    label: torch.Tensor, num_classes: Optional[int] = None, label_map: Optional[Mapping[int, int]] = None
-) -> List[str]:
+    label: torch.Tensor, num_classes: int | None = None, label_map: Mapping[int, int] | None = None
+) -> list[str]:
     """One channel, integer values, each in ``label_map`` (if given) or in ``0..num_classes-1`` (if given)."""
     if label.shape[0] != 1:
         return [f"label has {label.shape[0]} channels, expected 1"]
@@ -54,26 +56,29 @@ def label_problems(
     return []
 
 
-def pair_problems(image: torch.Tensor, label: torch.Tensor, atol: float = 1e-3) -> List[str]:
-    """Same spatial shape and (for MetaTensors) the same affine, within ``atol`` mm."""
+def pair_problems(image: torch.Tensor, label: torch.Tensor, atol: float = GRID_ATOL) -> list[str]:
+    """Same spatial shape and (for MetaTensors) the same affine, within ``atol`` mm; each problem names the image."""
+    name = filename(image, "<image>")
     if tuple(image.shape[1:]) != tuple(label.shape[1:]):
-        return [f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])}"]
-    if isinstance(image, MetaTensor) and isinstance(label, MetaTensor):
-        a, b = convert_to_numpy(image.affine), convert_to_numpy(label.affine)
-        if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=atol):
-            return [f"label affine differs from the image affine (max difference {np.abs(a - b).max():.4g})"]
+        return [f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])} of {name}"]
+    if affine_difference(image, label) > atol:
+        return [
+            f"label affine differs from the image affine of {name} (max difference "
+            f"{affine_difference(image, label):.4g} mm)"
+        ]
     return []
 
 
 def case_problems(
-    image: Optional[torch.Tensor],
-    label: Optional[torch.Tensor],
-    num_classes: Optional[int] = None,
-    label_map: Optional[Mapping[int, int]] = None,
+    image: torch.Tensor | None,
+    label: torch.Tensor | None,
+    num_classes: int | None = None,
+    label_map: Mapping[int, int] | None = None,
     require_volume: bool = True,
-) -> Dict[str, List[str]]:
-    """All problems of one case, keyed by file; image/label pair checks are reported under the label file."""
-    problems: Dict[str, List[str]] = {}
+) -> dict[str, list[str]]:
+    """All problems of one case, keyed by file; image/label pair checks are reported under the label file and name
+    the image file too."""
+    problems: dict[str, list[str]] = {}
     if image is not None:
         problems[filename(image, "<image>")] = image_problems(image, require_volume)
     if label is not None:

@@ -2,14 +2,13 @@
 
 import json
 from pathlib import Path
-from typing import Dict, List, Union
 
 from mgrad.data.errors import DataError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5", ".npz", ".nrrd", ".mha", ".mhd")
 
 
-def volume_datalist(path: Union[str, Path]) -> List[Dict[str, str]]:
+def volume_datalist(path: str | Path) -> list[dict[str, str]]:
     """``[{"image": file}, ...]`` for every volume file in folder ``path`` (sorted), or the items of a datalist.
 
     A datalist is a decathlon-style ``.json`` file, or a folder holding one as ``dataset.json``; its ``test`` list

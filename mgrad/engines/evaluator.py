@@ -1,7 +1,7 @@
 """Whole-volume evaluation that keeps going past a broken case and reports every failure at the end."""
 
 import logging
-from typing import Any, Dict, List
+from typing import Any
 
 from ignite.engine import Events
 from monai.data import Dataset
@@ -48,7 +48,7 @@ class TolerantDataset(Dataset):
 class CaseFailures(RuntimeError):
     """Some cases of a run failed; ``failures`` lists one message per case."""
 
-    def __init__(self, failures: List[str], total: int) -> None:
+    def __init__(self, failures: list[str], total: int) -> None:
         self.failures = failures
         lines = "\n".join(f"  {f}" for f in failures)
         super().__init__(f"{len(failures)} of {total} cases failed:\n{lines}")
@@ -74,7 +74,7 @@ class VolumeEvaluator(SupervisedEvaluator):
         if engine.state.failures:
             logger.error(str(CaseFailures(engine.state.failures, engine.state.iteration)))
 
-    def _iteration(self, engine: "VolumeEvaluator", batchdata: Dict[str, Any]) -> Dict[str, Any]:
+    def _iteration(self, engine: "VolumeEvaluator", batchdata: dict[str, Any]) -> dict[str, Any]:
         if ERROR_KEY in batchdata:
             engine.state.failures.extend(batchdata[ERROR_KEY])
             engine.state.output = {}

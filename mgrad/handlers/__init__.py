@@ -1,11 +1,11 @@
 """Ignite/MONAI handlers that mgrad's bundle uses beside MONAI's own."""
 
-from mgrad.handlers.checkpoint import AtomicDiskSaver, CheckpointSaver, ModelLoader, ResumeCheckpointLoader
+from mgrad.handlers.checkpoint import AtomicCheckpointSaver, AtomicDiskSaver, ModelLoader, ResumeCheckpointLoader
 from mgrad.handlers.training import TimeBudget, TrainingHistory, ValidateAtEnd
 
 __all__ = [
+    "AtomicCheckpointSaver",
     "AtomicDiskSaver",
-    "CheckpointSaver",
     "ModelLoader",
     "ResumeCheckpointLoader",
     "TimeBudget",

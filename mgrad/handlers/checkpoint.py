@@ -9,7 +9,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
-__all__ = ["AtomicDiskSaver", "CheckpointSaver", "ModelLoader", "ResumeCheckpointLoader"]
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "ModelLoader", "ResumeCheckpointLoader"]
 
 
 class AtomicDiskSaver(DiskSaver):
@@ -31,7 +31,7 @@ class AtomicDiskSaver(DiskSaver):
             super().remove(filename)
 
 
-class CheckpointSaver(MonaiCheckpointSaver):
+class AtomicCheckpointSaver(MonaiCheckpointSaver):
     """``monai.handlers.CheckpointSaver`` whose files are written atomically (temporary file, then rename).
 
     ``interval_filename`` gives the interval checkpoint one fixed name (e.g. ``checkpoint.pt``, for resuming)

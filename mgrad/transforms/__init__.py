@@ -1,6 +1,5 @@
 """MONAI transforms for MGRAD-UNet: volume preprocessing, 2D slice sampling and augmentation, data validation."""
 
-from mgrad.data.presets import DATASETS
 from mgrad.transforms.augment import Augment2Dd
 from mgrad.transforms.intensity import CT_WINDOW, INTENSITY_PRESETS, intensity_transforms
 from mgrad.transforms.io import LoadVolumed
@@ -11,7 +10,6 @@ from mgrad.transforms.validate import ValidateCased
 __all__ = [
     "Augment2Dd",
     "CT_WINDOW",
-    "DATASETS",
     "INTENSITY_PRESETS",
     "ForegroundSlicesd",
     "LoadVolumed",

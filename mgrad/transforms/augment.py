@@ -1,7 +1,8 @@
 """TransUNet's 2D augmentation with MONAI transforms."""
 
 import math
-from typing import Any, Dict, Hashable, Mapping, Optional
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 import numpy as np
 from monai.transforms import Compose, Identityd, MapTransform, OneOf, RandAxisFlipd, RandRotate90d, RandRotated
@@ -26,14 +27,12 @@ class Augment2Dd(Randomizable, MapTransform):
         rotate = RandRotated(keys, angle, prob=1.0, mode="nearest", padding_mode="zeros", dtype=np.float32)
         self.choice = OneOf([rot_flip, rotate, Identityd(keys)], weights=(0.5, 0.25, 0.25))
 
-    def set_random_state(
-        self, seed: Optional[int] = None, state: Optional[np.random.RandomState] = None
-    ) -> "Augment2Dd":
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "Augment2Dd":
         self.choice.set_random_state(seed, state)
         return self
 
     def randomize(self, data: Any = None) -> None:
         """The wrapped ``OneOf`` and its transforms draw their own parameters."""
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         return self.choice(dict(data))

@@ -1,7 +1,5 @@
 """Intensity presets: CT window, MRI per-volume normalisation, or nothing (data already in [0, 1])."""
 
-from typing import List
-
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, ScaleIntensityd, ScaleIntensityRanged
 
@@ -9,7 +7,7 @@ CT_WINDOW = (-125.0, 275.0)  # HU, TransUNet's Synapse preprocessing
 INTENSITY_PRESETS = ("ct", "mri", "none")
 
 
-def intensity_transforms(preset: str, keys: KeysCollection = "image") -> List[MapTransform]:
+def intensity_transforms(preset: str, keys: KeysCollection = "image") -> list[MapTransform]:
     """``ct``: clip to [-125, 275] HU and scale to [0, 1]; ``mri``: per-volume min-max to [0, 1] (as the SSL4MIS
     ACDC files are stored); ``none``: no change (TransUNet npz/h5 and SSL4MIS h5 are already in [0, 1])."""
     if preset == "ct":

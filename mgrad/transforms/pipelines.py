@@ -1,6 +1,6 @@
 """The two transform chains the bundle and the trainer build: deterministic 3D preprocessing, and training."""
 
-from typing import List, Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, MapLabelValued, Orientationd, Resized
@@ -16,9 +16,9 @@ from mgrad.transforms.validate import ValidateCased
 def volume_transforms(
     preset: str,
     spatial_size: int,
-    label_map: Optional[Mapping[int, int]] = None,
+    label_map: Mapping[int, int] | None = None,
     with_label: bool = True,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     require_volume: bool = True,
 ) -> Compose:
     """Deterministic 3D preprocessing to ``(C, H, W, D)`` with H = W = ``spatial_size`` and D kept.
@@ -32,7 +32,7 @@ def volume_transforms(
     """
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["trilinear", "nearest-exact"][: len(keys)]
-    chain: List = [
+    chain: list = [
         LoadVolumed(keys),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS"),
@@ -52,10 +52,10 @@ def train_transforms(
     preset: str,
     spatial_size: int,
     num_samples: int,
-    pos_fraction: Optional[float],
-    label_map: Optional[Mapping[int, int]] = None,
+    pos_fraction: float | None,
+    label_map: Mapping[int, int] | None = None,
     augment: bool = True,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
 ) -> Compose:
     """:func:`volume_transforms` (with labels, slice files allowed) + foreground index -> ``num_samples`` random
     slices (``pos_fraction`` of them with foreground; ``None``: uniform) -> 2D augmentation -> plain tensors.

@@ -1,6 +1,7 @@
 """Volume -> 2D slices: foreground slice index (cached) and a random slice sampler returning k samples per draw."""
 
-from typing import Any, Dict, Hashable, List, Mapping, Optional
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ class ForegroundSlicesd(MapTransform):
         super().__init__(label_key)
         self.label_key, self.fg_key = label_key, fg_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         d[self.fg_key] = foreground_slices(d[self.label_key])
         return d
@@ -44,7 +45,7 @@ class RandSliceSamplerd(Randomizable, MapTransform):
         keys: KeysCollection = ("image", "label"),
         label_key: str = "label",
         num_samples: int = 1,
-        pos_fraction: Optional[float] = None,
+        pos_fraction: float | None = None,
         fg_key: str = "fg_slices",
         allow_missing_keys: bool = False,
     ) -> None:
@@ -65,7 +66,7 @@ class RandSliceSamplerd(Randomizable, MapTransform):
         pools = [(pos if p else neg) if (pos.size and neg.size) else (pos if pos.size else neg) for p in want_pos]
         self._indices = np.array([pool[self.R.randint(pool.size)] for pool in pools])
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> List[Dict[Hashable, Any]]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         d = dict(data)
         fg = d.pop(self.fg_key, None)
         self.randomize(np.asarray(fg if fg is not None else foreground_slices(d[self.label_key]), bool))

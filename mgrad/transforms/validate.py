@@ -1,6 +1,7 @@
 """``ValidateCased``: fail early, naming the file, on a case the pipeline cannot use."""
 
-from typing import Any, Dict, Hashable, Mapping, Optional
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 from monai.transforms import MapTransform
 
@@ -19,15 +20,15 @@ class ValidateCased(MapTransform):
     def __init__(
         self,
         keys: Any = ("image", "label"),
-        num_classes: Optional[int] = None,
-        label_map: Optional[Mapping[int, int]] = None,
+        num_classes: int | None = None,
+        label_map: Mapping[int, int] | None = None,
         require_volume: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.num_classes, self.label_map, self.require_volume = num_classes, label_map, require_volume
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image_key = self.keys[0]
         label_key = self.keys[1] if len(self.keys) > 1 else None
