@@ -112,8 +112,9 @@ def main() -> None:
         image = Path(tmp) / "ct.nii"
         make_ct(image, args.size, args.slices)
         print(f"volume {args.size}x{args.size}x{args.slices} int16, {args.classes} classes, 96x96 slices")
+        print("peak resident memory (GiB) of the whole process, overall and during each stage (with its seconds):")
         print(
-            f"{'mode':<14} {'peak RSS GiB':>12} {'preprocess s':>12} {'inference s':>11} {'invert s':>9} {'save s':>7}"
+            f"{'mode':<14} {'peak':>6} " + " ".join(f"{k:>15}" for k in ("preprocess", "inference", "invert", "save"))
         )
         for mode in modes:
             r = in_fresh_process(run_mode, mode, str(image), tmp, args.classes)
