@@ -5,7 +5,6 @@ names (``train``, ``inference``, ``evaluate``, ...) in order, as ``monai.bundle 
 them. An override must name an id of the merged configs: a mistyped one is an error listing the closest ids.
 """
 
-import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,24 +13,24 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data.folder_layout import default_name_formatter
 
+from mgrad.errors import unknown_options
+
 __all__ = [
     "COMMON_CONFIG",
-    "UnknownOverrideError",
+    "STANDALONE_CONFIGS",
     "bundle_configs",
     "check_overrides",
     "config_names",
     "default_bundle_root",
     "infer",
     "load_workflow",
+    "standalone_config",
     "run_config",
     "train",
 ]
 
 COMMON_CONFIG = "common"
-
-
-class UnknownOverrideError(ValueError):
-    """An override names no id of the configs a run reads; the message lists the closest ids."""
+STANDALONE_CONFIGS = ("train", "inference")  # the configs that readers of a single file (MONAI Label) take by name
 
 
 def default_bundle_root() -> Path:
@@ -67,29 +66,44 @@ def bundle_configs(bundle_root: str | Path, names: Sequence[str]) -> list[str]:
     return [str(p) for p in paths]
 
 
+def standalone_config(bundle_root: str | Path, name: str) -> dict[str, Any]:
+    """``common.json`` and ``<name>.json`` merged into one config, for readers of a single file (MONAI Label reads
+    ``train.json`` and ``inference.json`` alone); :func:`mgrad.export.export_bundle` ships these.
+
+    Args:
+        bundle_root: the bundle folder.
+        name: the config name without ``.json``.
+
+    Returns:
+        the merged config, as ``json.dump`` writes it.
+    """
+    return ConfigParser.load_config_files(bundle_configs(bundle_root, [name]))
+
+
 def config_names(configs: str | Sequence[str]) -> list[str]:
     """A config name or a list of them (fire passes one ``--configs NAME`` as a string)."""
     return [configs] if isinstance(configs, str) else list(configs)
 
 
 def check_overrides(parser: ConfigParser, overrides: Sequence[str]) -> None:
-    """Raise :class:`UnknownOverrideError` for an override id that names nothing in the parsed configs.
+    """Raise :class:`mgrad.errors.UnknownOptionError` for an override id that names nothing in the configs.
 
     Args:
         parser: the configs of the run, merged, before any override is applied.
         overrides: the override ids (``epochs``, ``train#dataloader#num_workers``, ...).
 
     Raises:
-        UnknownOverrideError: listing each unknown id with up to three close ids of the configs.
+        UnknownOptionError: listing each unknown id with up to three close ids of the configs.
+
+    Example:
+        >>> check_overrides(ConfigParser({"epochs": 30}), ["epoch"])
+        Traceback (most recent call last):
+        ...
+        mgrad.errors.UnknownOptionError: unknown option --epoch (did you mean --epochs?): not a bundle config id
     """
-    known = sorted(_ids(parser.get()))
-    unknown = [key for key in overrides if key not in parser]
-    if unknown:
-        lines = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-            lines.append(f"--{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
-        raise UnknownOverrideError(f"unknown option(s), not an id of the bundle configs: {'; '.join(lines)}")
+    error = unknown_options([key for key in overrides if key not in parser], _ids(parser.get()), "a bundle config id")
+    if error:
+        raise error
 
 
 def _ids(config: Any, prefix: str = "") -> list[str]:
@@ -121,7 +135,7 @@ def run_config(
         the finished workflow (its ``parser`` holds the parsed components, e.g. the evaluator and its state).
 
     Raises:
-        UnknownOverrideError: for an override that names no config id (nothing is run).
+        UnknownOptionError: for an override that names no config id (nothing is run).
         FileNotFoundError: for a config that is not in the bundle.
 
     Example:
@@ -165,6 +179,12 @@ def train(
     ``baseline_basicunet``: MONAI's BasicUNet through the identical pipeline). The best model goes to
     ``<bundle_root>/models/model.pt``.
 
+    Args:
+        bundle_root: the bundle folder; default :func:`default_bundle_root`.
+        multi_gpu: add ``multi_gpu_train.json`` (run under ``torchrun``).
+        configs: more bundle configs layered on top.
+        overrides: config ids and their values.
+
     Returns:
         ``{"best_metric": best validation mean Dice, "best_metric_epoch": its epoch}``.
     """
@@ -187,6 +207,14 @@ def infer(
     Predictions have each input's shape, affine and orientation. ``ckpt_path`` defaults to the bundle's
     ``models/model.pt``; other bundle ids (``--dataset``, ``--preset``, ``--fast false``) can be overridden;
     ``--configs NAME`` layers more of the bundle's configs on top, as for :func:`train`.
+
+    Args:
+        input: a folder of volumes, or a datalist ``.json``.
+        output_dir: where the predictions go (``<input name>_seg.nii.gz``).
+        bundle_root: the bundle folder; default :func:`default_bundle_root`.
+        ckpt_path: the weights; default ``<bundle_root>/models/model.pt``.
+        configs: more bundle configs layered on top.
+        overrides: config ids and their values.
 
     Returns:
         the prediction files written, one per input volume.

@@ -4,7 +4,6 @@ The commands are library functions that return results and raise errors; this mo
 and turns errors into exit codes. Only the module of the command being run is imported.
 """
 
-import difflib
 import functools
 import importlib
 import inspect
@@ -15,7 +14,7 @@ from typing import Any
 
 import fire
 
-from mgrad.errors import root_cause
+from mgrad.errors import root_cause, unknown_options
 
 # command name -> "module:function"
 COMMANDS: dict[str, str] = {
@@ -56,7 +55,8 @@ def _help(name: str, func: Callable[..., Any]) -> str:
 
 
 def _report(name: str, result: Any) -> int:
-    """Print a command's result for a person; return the exit status."""
+    """Print a command's result for a person (the bundle's own ``run`` already reports a training); return the exit
+    status."""
     if name == "evaluate":
         from mgrad.metrics import format_table
 
@@ -72,8 +72,6 @@ def _report(name: str, result: Any) -> int:
         return 1 if result["problems"] else 0
     if name == "infer":
         print(f"wrote {len(result)} prediction(s)")
-    elif name == "train":
-        print(f"best validation mean Dice: {result['best_metric']:.4f} (epoch {result['best_metric_epoch']})")
     elif name == "export-bundle":
         print(f"wrote {result}")
     elif name == "demo":
@@ -85,20 +83,14 @@ def _report(name: str, result: Any) -> int:
 
 def _check_options(func: Callable[..., Any], args: list[str]) -> None:
     """Reject ``--name`` options that name no argument of a command without ``**overrides`` (the bundle commands
-    check theirs against the config ids), with the closest argument names."""
+    check the others against the config ids), with the closest argument names."""
     params = inspect.signature(func).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    names = [p for p in params]
-    unknown = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
-    unknown = [u for u in unknown if u not in names]
-    if unknown:
-        raise TypeError("unknown option(s): " + "; ".join(_suggest(u, names) for u in unknown))
-
-
-def _suggest(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    return f"--{name}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else "")
+    given = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
+    error = unknown_options(given, params, "an argument of this command")
+    if error:
+        raise error
 
 
 def _call(name: str, func: Callable[..., Any], argv: list[str]) -> Any:

@@ -25,10 +25,12 @@ from monai.data.folder_layout import default_name_formatter
 from mgrad import metrics
 from mgrad.bundle import config_names, default_bundle_root, load_workflow
 from mgrad.data.loading import load_pair
+from mgrad.errors import unknown_options
 from mgrad.visualize import overlay_figure
 
 __all__ = ["SegmentationReport", "evaluate", "evaluate_folders", "prediction_file", "score_pairs"]
 
+FOLDER_OPTIONS = ("pred_dir", "label_dir", "num_classes", "class_names", "protocol", "output_dir")
 PRED_SUFFIXES = ("_seg", "_pred", "_prediction")
 LABEL_SUFFIXES = ("_gt", "_label", "_labels", "_seg")
 
@@ -267,11 +269,11 @@ def evaluate(
     if dataset is None:
         if pred_dir is None or label_dir is None or num_classes is None:
             raise ValueError("evaluate needs --pred_dir, --label_dir and --num_classes, or --dataset and --dataset_dir")
-        if overrides or configs or bundle_root is not None or dataset_dir is not None:
-            extra = [*overrides, *(["configs"] if configs else []), *(["bundle_root"] if bundle_root else [])]
-            raise ValueError(
-                f"options for a dataset split given with --pred_dir: {', '.join(extra or ['dataset_dir'])}"
-            )
+        error = unknown_options(overrides, FOLDER_OPTIONS, "an option of evaluate --pred_dir")
+        if error:
+            raise error
+        if configs or bundle_root is not None or dataset_dir is not None:
+            raise ValueError("--configs, --bundle_root and --dataset_dir go with --dataset, not with --pred_dir")
         if isinstance(class_names, str):
             class_names = [name.strip() for name in class_names.split(",")]
         out = output_dir if output_dir is not None else pred_dir

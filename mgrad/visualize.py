@@ -3,14 +3,13 @@
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-
-from mgrad.writers import atomic_path  # noqa: E402
+from mgrad.writers import atomic_path
 
 __all__ = ["ORGAN_COLOURS", "overlay_figure", "training_curves"]
 
@@ -66,7 +65,8 @@ def overlay_figure(
     num_classes = len(class_names) + 1
     cmap = _label_cmap(num_classes)
     slices = _busiest_slices(label, pred, num_slices)
-    fig, axes = plt.subplots(len(slices), 3, figsize=(7.5, 2.5 * len(slices)), squeeze=False)
+    fig = Figure(figsize=(7.5, 2.5 * len(slices)))
+    axes = fig.subplots(len(slices), 3, squeeze=False)
     lo, hi = _display_window(image, label)
     for row, z in zip(axes, slices):
         for ax, overlay, name in zip(row, (None, label, pred), ("image", "ground truth", "prediction")):
@@ -76,21 +76,19 @@ def overlay_figure(
                 ax.imshow(masked, cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.55, interpolation="nearest")
             ax.set_title(f"{name}, slice {z}", fontsize=8)
             ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(1, num_classes)]
+    handles = [Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(1, num_classes)]
     fig.legend(handles, class_names, loc="lower center", ncol=min(len(class_names), 4), fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return str(path)
+    return _save_png(fig, path)
 
 
 def training_curves(history: Mapping[str, Sequence[float | None]], path: str | os.PathLike) -> str:
     """PNG of the training loss and the validation mean Dice per epoch (``history``: ``epoch``, ``loss``,
     ``val_mean_dice`` lists, ``None`` where an epoch was not validated). Written atomically; returns the path."""
     epochs = np.asarray(history["epoch"])
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax_loss, ax_dice = fig.subplots(1, 2)
     ax_loss.plot(epochs, history["loss"], color="tab:blue")
     ax_loss.set(xlabel="epoch", ylabel="training loss (mean over passes)", title="loss")
     validated = [(e, d) for e, d in zip(epochs, history["val_mean_dice"]) if d is not None]
@@ -100,7 +98,12 @@ def training_curves(history: Mapping[str, Sequence[float | None]], path: str | o
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def _save_png(fig: Figure, path: str | os.PathLike) -> str:
+    """Render ``fig`` with the Agg canvas (matplotlib's global backend is left alone) and write it atomically."""
+    FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return str(path)

@@ -18,7 +18,7 @@ TINY = {
     "rfb_channels": 8,
     "spatial_size": 48,
     "batch_size": 8,
-    "learning_rate": 0.003,
+    "learning_rate": 0.01,
 }
 
 
@@ -83,6 +83,6 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path) 
         config_file=config_files(root, "train"),
         meta_file=str(root / "configs" / "metadata.json"),
         logging_file=str(root / "configs" / "logging.conf"),
-        **tiny_overrides(root, phantom_dir, epochs=8, val_interval=2),
+        **tiny_overrides(root, phantom_dir, epochs=10, val_interval=2),
     )
     return root

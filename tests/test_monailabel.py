@@ -17,11 +17,13 @@ pytest.importorskip("monailabel")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bundle_fixtures import TINY, copy_bundle  # noqa: E402
+from bundle_fixtures import TINY, config_files, copy_bundle  # noqa: E402
 from monai.bundle import run  # noqa: E402
 from monailabel.tasks.infer.bundle import BundleInferTask  # noqa: E402
 from monailabel.tasks.train.bundle import BundleTrainTask  # noqa: E402
 from monailabel.utils.others.generic import get_bundle_models  # noqa: E402
+
+from mgrad.bundle import STANDALONE_CONFIGS, standalone_config  # noqa: E402
 
 NAME = "mgrad_unet"
 CONF = {"models": NAME, "zoo_source": "github"}  # not monaihosting: a local bundle, no network lookup
@@ -31,11 +33,17 @@ ORGANS = ["aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancr
 def use_tiny_preset(bundle: Path) -> None:
     """MONAI Label instantiates the configs with their own defaults (preset ``small``): in this copy, ``small`` is
     the tiny test preset, so the weights trained below fit the network MONAI Label builds."""
-    for name in ("train.json", "inference.json"):
-        path = bundle / "configs" / name
-        config = json.loads(path.read_text())
-        config["size_presets"]["small"] = dict(TINY)
-        path.write_text(json.dumps(config, indent=4))
+    path = bundle / "configs" / "common.json"
+    config = json.loads(path.read_text())
+    config["size_presets"]["small"] = dict(TINY)
+    path.write_text(json.dumps(config, indent=4))
+
+
+def write_standalone_configs(source: Path, bundle: Path) -> None:
+    """MONAI Label reads train.json and inference.json alone: ship them merged with common.json, as
+    ``mgrad export-bundle`` does."""
+    for name in STANDALONE_CONFIGS:
+        (bundle / "configs" / f"{name}.json").write_text(json.dumps(standalone_config(source, name), indent=4))
 
 
 def pairs(dataset_dir: Path) -> list:
@@ -63,7 +71,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path) -> Path:
     use_tiny_preset(trained)
     run(
         "run",
-        config_file=str(trained / "configs" / "train.json"),
+        config_file=config_files(trained, "train"),
         meta_file=str(trained / "configs" / "metadata.json"),
         logging_file=str(trained / "configs" / "logging.conf"),
         bundle_root=str(trained),
@@ -78,6 +86,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path) -> Path:
     bundle.mkdir(parents=True)
     for name in ("configs", "docs"):
         shutil.copytree(trained / name, bundle / name)
+    write_standalone_configs(trained, bundle)
     shutil.copy2(trained / "LICENSE", bundle / "LICENSE")
     (bundle / "models").mkdir()
     shutil.copy2(trained / "models" / "model.pt", bundle / "models" / "model.pt")

@@ -88,3 +88,9 @@ def test_only_the_command_line_prints_or_exits():
             if isinstance(node, ast.Name) and node.id == "SystemExit":
                 offenders.append(f"{path.name}:{node.lineno} SystemExit")
     assert offenders == []
+
+
+def test_figures_leave_matplotlibs_global_backend_alone():
+    text = (PACKAGE / "visualize.py").read_text()
+    assert "matplotlib.use(" not in text and "pyplot" not in text
+    assert all("pyplot" not in p.read_text() for p in PACKAGE.rglob("*.py"))

@@ -1,11 +1,18 @@
 """Ignite/MONAI handlers that mgrad's bundle uses beside MONAI's own."""
 
-from mgrad.handlers.checkpoint import AtomicCheckpointSaver, AtomicDiskSaver, ModelLoader, ResumeCheckpointLoader
+from mgrad.handlers.checkpoint import (
+    AtomicCheckpointSaver,
+    AtomicDiskSaver,
+    KeyMetricState,
+    ModelLoader,
+    ResumeCheckpointLoader,
+)
 from mgrad.handlers.training import TimeBudget, TrainingHistory, ValidateAtEnd
 
 __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
+    "KeyMetricState",
     "ModelLoader",
     "ResumeCheckpointLoader",
     "TimeBudget",

@@ -4,12 +4,12 @@ import os
 from typing import Any, Mapping, Optional
 
 import torch
-from ignite.engine import Engine
-from ignite.handlers import DiskSaver
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
-__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "ModelLoader", "ResumeCheckpointLoader"]
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "KeyMetricState", "ModelLoader", "ResumeCheckpointLoader"]
 
 
 class AtomicDiskSaver(DiskSaver):
@@ -45,6 +45,8 @@ class AtomicCheckpointSaver(MonaiCheckpointSaver):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
+        self._key_metric_filename = kwargs.get("key_metric_filename")
+        self._key_metric_negative_sign = bool(kwargs.get("key_metric_negative_sign", False))
         fixed_names = (
             (self._final_checkpoint, self._final_filename),
             (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
@@ -57,7 +59,45 @@ class AtomicCheckpointSaver(MonaiCheckpointSaver):
     def attach(self, engine: Engine) -> None:
         if self.engine_key is not None:
             self.save_dict[self.engine_key] = engine
+        if self._key_metric_checkpoint is not None:
+            engine.add_event_handler(Events.STARTED, self._continue_key_metric)
         super().attach(engine)
+
+    def _continue_key_metric(self, engine: Engine) -> None:
+        """Before a validation run: where the engine carries a best metric restored from a resumed run
+        (:class:`KeyMetricState`) and this saver has not saved yet, start its tracking from that best, so that the
+        key-metric file (``models/model.pt``) is replaced only by a strictly better model."""
+        checkpoint = self._key_metric_checkpoint
+        filename = self._key_metric_filename
+        if checkpoint._saved or getattr(engine.state, "best_metric_epoch", -1) == -1 or filename is None:
+            return
+        if os.path.isfile(os.path.join(self.save_dir, filename)):
+            priority = -engine.state.best_metric if self._key_metric_negative_sign else engine.state.best_metric
+            checkpoint.load_state_dict({"_saved": [(priority, filename)]})
+
+
+class KeyMetricState:
+    """The best key metric of a validation engine and the epoch it was reached at, as a checkpointable object.
+
+    Saved beside the model in the trainer's interval checkpoint and restored by :class:`ResumeCheckpointLoader`, it
+    lets a resumed run remember the best validation before the interruption: :class:`AtomicCheckpointSaver` then
+    replaces the best model only with a strictly better one.
+
+    Args:
+        validator: the validation engine (a MONAI evaluator, whose state has ``best_metric`` and
+            ``best_metric_epoch``).
+    """
+
+    def __init__(self, validator: Engine) -> None:
+        self.validator = validator
+
+    def state_dict(self) -> dict[str, float | int]:
+        state = self.validator.state
+        return {"best_metric": float(state.best_metric), "best_metric_epoch": int(state.best_metric_epoch)}
+
+    def load_state_dict(self, state_dict: Mapping[str, float | int]) -> None:
+        self.validator.state.best_metric = float(state_dict["best_metric"])
+        self.validator.state.best_metric_epoch = int(state_dict["best_metric_epoch"])
 
 
 class ResumeCheckpointLoader(CheckpointLoader):
@@ -71,6 +111,8 @@ class ResumeCheckpointLoader(CheckpointLoader):
     def __init__(self, *args: Any, engine_key: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
+        self._key_metric_filename = kwargs.get("key_metric_filename")
+        self._key_metric_negative_sign = bool(kwargs.get("key_metric_negative_sign", False))
 
     def attach(self, engine: Engine) -> None:
         if self.engine_key is not None:
@@ -79,10 +121,11 @@ class ResumeCheckpointLoader(CheckpointLoader):
             super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
+        saved = torch.load(self.load_path, map_location="cpu", weights_only=False)
         # a checkpoint at or past this run's max_epochs belongs to a finished run (e.g. MONAI Label's previous
         # training request): resuming it would train nothing, or fail in CheckpointLoader, so start afresh
         if self.engine_key is not None:
-            state = torch.load(self.load_path, map_location="cpu", weights_only=False).get(self.engine_key, {})
+            state = saved.get(self.engine_key, {})
             done = state.get("iteration", 0) // max(1, state.get("epoch_length") or 1)
             if engine.state.max_epochs is not None and done >= engine.state.max_epochs:
                 self.logger.info(
@@ -91,6 +134,10 @@ class ResumeCheckpointLoader(CheckpointLoader):
                 )
                 return
         self.logger.info(f"Resuming from {self.load_path}.")
+        for key in [k for k, obj in self.load_dict.items() if k not in saved and not isinstance(obj, torch.nn.Module)]:
+            # e.g. the best-metric state, which checkpoints written by earlier versions do not hold
+            self.logger.info(f"{self.load_path} holds no '{key}'; it starts afresh.")
+            self.load_dict.pop(key)
         super().__call__(engine)
 
 

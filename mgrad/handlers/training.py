@@ -66,15 +66,25 @@ class TrainingHistory:
     """Records the mean training loss and the validation mean Dice of every epoch; writes ``history.json`` and
     ``curves.png`` (loss and Dice curves) to ``output_dir`` after each epoch, atomically, on rank 0.
 
+    ``history.json`` holds equal-length lists ``epoch``, ``iteration`` (the trainer's iteration count when the entry
+    was recorded), ``loss`` and the validation metric (``None`` where an epoch was not validated). A run that ends
+    inside an epoch (a time budget) gets one more entry for that partial epoch, with the loss of the iterations it
+    ran and the final validation (:class:`ValidateAtEnd`), under the epoch and iteration it ran at.
+
     Attach it after the ``ValidationHandler`` so that an epoch's validation has run when it records the epoch, and
     after a resume loader: a resumed run continues the ``history.json`` it finds, up to the epoch it resumes from.
+
+    Args:
+        output_dir: folder of ``history.json`` and ``curves.png``.
+        validator: the validation engine whose ``metric_name`` is recorded (``None``: loss only).
+        metric_name: the validation metric to record.
     """
 
     def __init__(self, output_dir: str, validator: Optional[Engine] = None, metric_name: str = "val_mean_dice") -> None:
         self.output_dir = output_dir
         self.validator = validator
         self.metric_name = metric_name
-        self.history: dict = {"epoch": [], "loss": [], metric_name: []}
+        self.history: dict = {"epoch": [], "iteration": [], "loss": [], metric_name: []}
         self._losses: list = []
 
     def attach(self, engine: Engine) -> None:
@@ -88,6 +98,7 @@ class TrainingHistory:
         if engine.state.epoch > 0 and os.path.isfile(path):
             saved = json.loads(open(path).read())
             keep = sum(1 for e in saved.get("epoch", []) if e <= engine.state.epoch)
+            saved.setdefault("iteration", [None] * len(saved.get("epoch", [])))  # written before it was recorded
             self.history = {k: list(saved.get(k, []))[:keep] for k in self.history}
 
     def _record_loss(self, engine: Engine) -> None:
@@ -95,25 +106,33 @@ class TrainingHistory:
         loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
         self._losses.append(float(loss))
 
-    def _validated_dice(self, engine: Engine) -> Optional[float]:
+    def _validated_metric(self, engine: Engine) -> Optional[float]:
         if self.validator is None or self.validator.state.epoch != engine.state.epoch:
             return None
-        dice = self.validator.state.metrics.get(self.metric_name)
-        return None if dice is None else float(dice)
+        value = self.validator.state.metrics.get(self.metric_name)
+        return None if value is None else float(value)
 
-    def _record_epoch(self, engine: Engine) -> None:
+    def _append(self, engine: Engine) -> None:
         self.history["epoch"].append(engine.state.epoch)
-        self.history["loss"].append(sum(self._losses) / max(len(self._losses), 1))
-        self.history[self.metric_name].append(self._validated_dice(engine))
+        self.history["iteration"].append(engine.state.iteration)
+        self.history["loss"].append(sum(self._losses) / len(self._losses) if self._losses else None)
+        self.history[self.metric_name].append(self._validated_metric(engine))
         self._losses = []
         self._write()
 
+    def _record_epoch(self, engine: Engine) -> None:
+        self._append(engine)
+
     def _record_final_validation(self, engine: Engine) -> None:
-        """A validation run after the last epoch (:class:`ValidateAtEnd`) fills that epoch's Dice."""
-        dice = self._validated_dice(engine)
-        if dice is not None and self.history["epoch"] and self.history[self.metric_name][-1] is None:
-            self.history[self.metric_name][-1] = dice
-            self._write()
+        """After the last epoch: a validation run by :class:`ValidateAtEnd` fills that epoch's entry, or, where the
+        run ended inside an epoch, is recorded in a new entry for that partial epoch."""
+        if self.history["epoch"] and self.history["epoch"][-1] == engine.state.epoch:
+            value = self._validated_metric(engine)
+            if value is not None and self.history[self.metric_name][-1] is None:
+                self.history[self.metric_name][-1] = value
+                self._write()
+        elif self._losses or self._validated_metric(engine) is not None:
+            self._append(engine)
 
     def _write(self) -> None:
         if idist.get_rank() == 0:

@@ -25,10 +25,26 @@ def case_metrics(
 ) -> dict[int, dict[str, Any]]:
     """Metrics of one case for classes ``1 .. num_classes - 1`` (``num_classes`` counts the background).
 
-    ``pred`` and ``label`` are integer label volumes of the same shape (numpy or torch, a leading channel of 1 is
-    dropped). ``spacing`` (per axis, in mm) gives ``hd95``/``asd`` in mm; ``hd95_vox``/``asd_vox`` are always in
-    voxels. Returns ``{class: {dice, iou, hd95, hd95_vox, asd, asd_vox, gt_empty, pred_empty}}``.
     CUDA tensors are scored on their GPU, anything else with numpy/scipy.
+
+    Args:
+        pred: integer label volume ``(H, W, D)`` or ``(1, H, W, D)`` (numpy or torch).
+        label: integer label volume of the same shape.
+        num_classes: number of classes, background included.
+        spacing: voxel size per axis (or one for all) in mm: ``hd95``/``asd`` in mm; ``None``: in voxels.
+        protocol: ``"default"`` or ``"transunet"`` (see :mod:`mgrad.metrics`).
+
+    Returns:
+        ``{class: {dice, iou, hd95, hd95_vox, asd, asd_vox, gt_empty, pred_empty}}``; ``hd95_vox``/``asd_vox``
+        are always in voxels.
+
+    Raises:
+        ValueError: for other shapes, labels outside ``[0, num_classes)``, a bad spacing or protocol.
+
+    Example:
+        >>> label = np.zeros((8, 8, 4), int); label[2:6, 2:6, 1:3] = 1
+        >>> case_metrics(label, label, 2)[1]["dice"]
+        1.0
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")

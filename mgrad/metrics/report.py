@@ -23,8 +23,21 @@ def summarize(
 ) -> dict[str, Any]:
     """Means per class (NaN skipped) and overall (mean of the class means), with empty-case counts.
 
-    ``cases`` maps a case name to its :func:`case_metrics` result; ``class_names`` name classes ``1, 2, ...``
-    (default ``class_1, ...``); ``errors`` maps cases that could not be scored to a message.
+    Args:
+        cases: ``{case name: its mgrad.metrics.case_metrics result}``.
+        class_names: names of classes ``1, 2, ...`` (default ``class_1, ...``).
+        protocol: the protocol the cases were scored with.
+        errors: ``{case: message}`` of cases that could not be scored.
+
+    Returns:
+        ``{"protocol", "class_names", "num_cases", "mean_dice", "mean": {metric: value}, "per_class": {name:
+        {metric: mean, n_cases, n_gt_empty, n_pred_empty, n_both_empty}}, "cases": {case: {name: record}},
+        "errors"}``.
+
+    Example:
+        >>> summarize({"a": {1: {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "hd95_vox": 0.0, "asd": 0.0, "asd_vox": 0.0,
+        ...                      "gt_empty": False, "pred_empty": False}}})["mean_dice"]
+        1.0
     """
     classes = sorted({c for result in cases.values() for c in result})
     if not cases and class_names is not None:
@@ -65,7 +78,16 @@ def _mean(values: Sequence[float]) -> float:
 
 def write_report(summary: Mapping[str, Any], out_dir: str | os.PathLike, stem: str = "metrics") -> tuple[Path, Path]:
     """Write ``STEM.csv`` (one row per case and class, then mean rows, then error rows) and ``STEM.json``
-    (the summary, NaN written as null), each atomically. Returns both paths."""
+    (the summary, NaN written as null), each atomically.
+
+    Args:
+        summary: a :func:`summarize` result.
+        out_dir: the folder (created if missing).
+        stem: the file names' stem.
+
+    Returns:
+        ``(csv path, json path)``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fields = ["case", "class", *METRICS, "gt_empty", "pred_empty", "error"]
@@ -99,7 +121,15 @@ def _json_safe(value: Any) -> Any:
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """The summary as a text table laid out like the paper's Table 1: one column per organ, plus the mean."""
+    """The summary as a text table laid out like the paper's Table 1: one column per organ, plus the mean.
+
+    Args:
+        summary: a :func:`summarize` result.
+
+    Returns:
+        the table, its protocol and case count, the empty-case counts and one ``ERROR case: message`` line per
+        case that could not be scored.
+    """
     names = summary["class_names"]
     voxels = summary["protocol"] == "transunet"
     rows = [("Dice %", "dice", 100), ("HD95 (vox)" if voxels else "HD95 (mm)", "hd95", 1)]

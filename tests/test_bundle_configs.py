@@ -1,0 +1,81 @@
+"""Every config the bundle ships parses and passes MONAI's property checks; the chains match mgrad.transforms."""
+
+import json
+
+import pytest
+import torch
+from bundle_fixtures import REPO, config_files, copy_bundle
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from mgrad.bundle import STANDALONE_CONFIGS, check_overrides, standalone_config
+from mgrad.errors import UnknownOptionError
+from mgrad.transforms import train_transforms, volume_transforms
+
+LAYERS = [  # configs merged in order after common.json, and MONAI's workflow type
+    (("train",), "train"),
+    (("train", "baseline_basicunet"), "train"),
+    (("inference",), "infer"),
+    (("inference", "evaluate"), "infer"),
+    (("inference", "baseline_basicunet"), "infer"),
+]
+
+
+def workflow(config_file, kind: str, **overrides) -> ConfigWorkflow:
+    meta = str(REPO / "bundle" / "configs" / "metadata.json")
+    flow = ConfigWorkflow(config_file=config_file, meta_file=meta, workflow_type=kind, logging_file=False, **overrides)
+    flow.initialize()
+    return flow
+
+
+@pytest.mark.parametrize("names,kind", LAYERS)
+def test_layered_configs_pass_check_properties(names, kind, tmp_path, phantom_dir):
+    root = copy_bundle(tmp_path / "bundle")
+    flow = workflow(config_files(root, *names), kind, bundle_root=str(root), dataset_dir=str(phantom_dir))
+    assert flow.check_properties() == []
+    assert flow.parser.get_parsed_content("network_def").__class__.__name__ in ("MGRADUNet", "BasicUNet")
+
+
+def test_every_shipped_config_is_checked():
+    shipped = {p.stem for p in (REPO / "bundle" / "configs").glob("*.json")} - {"metadata"}
+    checked = {"common", "multi_gpu_train"} | {name for names, _ in LAYERS for name in names}
+    assert shipped == checked  # multi_gpu_train needs torchrun: test_bundle_training runs it
+    merged = ConfigParser(ConfigParser.load_config_files(config_files(REPO / "bundle", "train", "multi_gpu_train")))
+    assert merged["train#dataloader#sampler"] == "@train#sampler" and "validate#sampler" in merged
+
+
+@pytest.mark.parametrize("name", STANDALONE_CONFIGS)
+def test_standalone_configs_parse_alone(name, tmp_path, phantom_dir):
+    """The train.json and inference.json that the exported bundle ships (and MONAI Label reads alone)."""
+    root = copy_bundle(tmp_path / "bundle")
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(standalone_config(root, name)))
+    kind = "train" if name == "train" else "infer"
+    flow = workflow(str(path), kind, bundle_root=str(root), dataset_dir=str(phantom_dir))
+    assert flow.check_properties() == []
+
+
+def test_bundle_chains_equal_the_python_pipelines(phantom_dir):
+    parser = ConfigParser(ConfigParser.load_config_files(config_files(REPO / "bundle", "train")))
+    parser.update({"dataset_dir": str(phantom_dir), "device": "$torch.device('cpu')"})
+    case = {
+        k: str(phantom_dir / v)
+        for k, v in json.loads((phantom_dir / "dataset.json").read_text())["training"][0].items()
+    }
+    pairs = [
+        (parser.get_parsed_content("validate#preprocessing"), volume_transforms("ct", 96, None, True, 9)),
+        (parser.get_parsed_content("train#preprocessing"), train_transforms("ct", 96, 8, 0.7, None, True, 9)),
+    ]
+    for config_chain, python_chain in pairs:
+        assert [type(t) for t in config_chain.transforms] == [type(t) for t in python_chain.transforms]
+        config_chain.set_random_state(0)
+        python_chain.set_random_state(0)
+        a, b = config_chain(dict(case)), python_chain(dict(case))
+        for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+
+
+def test_unknown_override_is_named_with_the_closest_ids():
+    parser = ConfigParser(ConfigParser.load_config_files(config_files(REPO / "bundle", "train")))
+    check_overrides(parser, ["epochs", "train#dataloader#num_workers", "size"])
+    with pytest.raises(UnknownOptionError, match=r"--epoch \(did you mean --epochs"):
+        check_overrides(parser, ["epoch"])

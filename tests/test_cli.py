@@ -1,0 +1,68 @@
+"""The command line: help anywhere on the line runs nothing; an option nothing reads is an error naming the closest."""
+
+from pathlib import Path
+
+import pytest
+from bundle_fixtures import copy_bundle
+
+from mgrad.bundle import run_config
+from mgrad.cli import COMMANDS, main
+from mgrad.errors import UnknownOptionError
+
+
+def exit_message(argv: list) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code not in (0, None)
+    return str(exc.value.code)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    return copy_bundle(tmp_path / "bundle")
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_help_anywhere_prints_help_and_runs_nothing(command, bundle, capsys):
+    main([command, "--epochs", "1", "--bundle_root", str(bundle), "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m mgrad {command}") and "Returns:" in out, out
+    assert not (bundle / "models").exists() and not (bundle / "data").exists()
+
+
+def test_train_rejects_a_mistyped_config_id(bundle):
+    message = exit_message(["train", "--bundle_root", str(bundle), "--epoch", "1", "--device", "cpu"])
+    assert "--epoch (did you mean --epochs" in message
+    assert not (bundle / "models").exists() and not (bundle / "data").exists()  # nothing ran
+
+
+def test_infer_rejects_options_that_no_config_reads(bundle, tmp_path):
+    args = ["infer", "--input", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--bundle_root", str(bundle)]
+    message = exit_message([*args, "--no_such_option", "true", "--fast_inferenc", "false"])
+    assert "--no_such_option" in message and "--fast_inferenc (did you mean --fast_inference" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_rejects_unknown_options_on_both_ways_in(bundle, tmp_path):
+    folders = ["evaluate", "--pred_dir", str(tmp_path), "--label_dir", str(tmp_path), "--num_classes", "3"]
+    assert "--protocl (did you mean --protocol" in exit_message([*folders, "--protocl", "transunet"])
+    split = ["evaluate", "--dataset", "synthetic", "--dataset_dir", str(tmp_path), "--bundle_root", str(bundle)]
+    assert "--splt (did you mean --split" in exit_message([*split, "--splt", "test"])
+
+
+@pytest.mark.parametrize(
+    "argv,wrong,right",
+    [
+        (["check-data", "x", "--datset", "acdc"], "--datset", "--dataset"),
+        (["demo", "--slice", "2"], "--slice", "--slices"),
+        (["export-bundle", "--outptu", "x.zip"], "--outptu", "--output"),
+    ],
+)
+def test_commands_without_config_ids_reject_unknown_arguments(argv, wrong, right):
+    assert f"{wrong} (did you mean {right}" in exit_message(argv)
+
+
+def test_bundle_front_rejects_unknown_overrides(bundle):
+    with pytest.raises(UnknownOptionError, match=r"--val_intervl \(did you mean --val_interval"):
+        run_config(["train"], bundle, val_intervl=2)
+    assert not (bundle / "models").exists()
