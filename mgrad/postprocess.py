@@ -28,6 +28,7 @@ __all__ = [
     "choose_rules_for_files",
     "load_rules",
     "postprocess_file",
+    "rule_name",
     "save_rules",
 ]
 
@@ -85,7 +86,8 @@ def _candidates(min_volumes_mm3: float) -> list[dict[str, Any]]:
     ]
 
 
-def _name(rule: Mapping[str, Any]) -> str:
+def rule_name(rule: Mapping[str, Any]) -> str:
+    """A short name of a rule: ``largest``, ``min_size_mm3=N`` or ``none``."""
     if rule.get("largest"):
         return "largest"
     return f"min_size_mm3={rule['min_size_mm3']:g}" if rule.get("min_size_mm3") else "none"
@@ -124,7 +126,7 @@ def choose_rules(
         for rule in _candidates(smallest):
             values = [_dice(_keep(p == c, rule, s) if (p == c).any() else p == c, g == c) for p, g, s in data]
             values = [v for v in values if not np.isnan(v)]
-            scores[_name(rule)] = (float(np.mean(values)) if values else float("nan"), rule)
+            scores[rule_name(rule)] = (float(np.mean(values)) if values else float("nan"), rule)
         base = scores["none"][0]
         best_name = max(scores, key=lambda k: -np.inf if np.isnan(scores[k][0]) else scores[k][0])
         rules[c] = scores[best_name][1] if scores[best_name][0] > base else dict(NO_RULE)
