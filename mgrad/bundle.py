@@ -201,8 +201,8 @@ def train(
 def checkpoint_paths(
     ckpt_path: str | Sequence[str] | None, folds: int | None = None, bundle_root: str | Path | None = None
 ) -> str | list[str] | None:
-    """The checkpoint(s) of an inference: ``ckpt_path`` as given (a list, or one string with comma-separated
-    paths, gives an ensemble), or with ``folds`` the ``models/fold{k}/model.pt`` of each fold of the bundle.
+    """The checkpoint(s) of an inference: ``ckpt_path`` as given (a list, or one string of comma-separated
+    paths, in brackets or not, gives an ensemble), or with ``folds`` the ``models/fold{k}/model.pt`` of each fold of the bundle.
 
     Args:
         ckpt_path: one path, several, or ``None`` (the config's default).
@@ -216,8 +216,8 @@ def checkpoint_paths(
         ValueError: for both ``ckpt_path`` and ``folds``, or fewer than one fold.
 
     Example:
-        >>> checkpoint_paths("a.pt,b.pt")
-        ['a.pt', 'b.pt']
+        >>> checkpoint_paths("a.pt,b.pt"), checkpoint_paths("[a.pt,b.pt]")
+        (['a.pt', 'b.pt'], ['a.pt', 'b.pt'])
         >>> checkpoint_paths(None, folds=2, bundle_root="b")
         ['b/models/fold0/model.pt', 'b/models/fold1/model.pt']
     """
@@ -229,7 +229,9 @@ def checkpoint_paths(
         root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
         return [str(root / "models" / f"fold{k}" / "model.pt") for k in range(int(folds))]
     if isinstance(ckpt_path, str):
-        paths = [p.strip() for p in ckpt_path.split(",") if p.strip()]
+        text = ckpt_path.strip()
+        text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        paths = [p.strip().strip("'\"") for p in text.split(",") if p.strip()]
         return paths[0] if len(paths) == 1 else paths
     return None if ckpt_path is None else [str(p) for p in ckpt_path]
 
