@@ -1,17 +1,21 @@
 """Network output -> labels (and probabilities) in each input's original geometry, one class channel at a time.
 
 Inverting all class channels of a large volume at once holds every channel at full resolution in float32 (a
-512x512x600 CT with 9 classes: 5.7 GB). :class:`InvertLabelsd` inverts one channel at a time with MONAI's
-``Invertd`` and keeps only a running maximum, so the peak stays near two full-resolution float32 channels whatever
-the number of classes; the labels are exactly the argmax of the inverted outputs.
+512x512x600 CT with 9 classes: 5.7 GB). :class:`InvertLabelsd` undoes only the last resampling of the preprocessing
+(the in-plane resize) on one float channel at a time, keeping a running maximum, takes the argmax, and undoes the
+operations before it (the reorientation) on the ``uint8`` labels; the peak stays near two full-resolution float32
+channels whatever the number of classes, and the labels are exactly the argmax of the inverted outputs wherever
+those earlier operations only permute and flip axes (as ``Orientationd`` does).
 """
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
+from copy import deepcopy
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Invertd, InvertibleTransform, Transform
+from monai.transforms import Compose, Invertd, InvertibleTransform, Transform
+from monai.transforms.utils import convert_applied_interp_mode
 
 from mgrad.writers import PROBABILITY_SCALE
 
@@ -24,7 +28,9 @@ class InvertLabelsd(Transform):
     softmax probabilities there under ``prob_key``.
 
     Labels are the argmax of the inverted outputs (interpolated as the preprocessing resampled the image), computed
-    one channel at a time. With ``prob_key`` the probabilities, the softmax of the inverted outputs, are stored as
+    one channel at a time: the last invertible transform of ``transform`` (the resize) is undone on each float
+    channel, the earlier ones (the reorientation; by nearest neighbour) on the ``uint8`` labels and ``uint16``
+    probabilities. With ``prob_key`` the probabilities, the softmax of the inverted outputs, are stored as
     ``uint16`` steps of ``1 / PROBABILITY_SCALE`` (write them with :class:`mgrad.writers.AtomicProbabilityWriter`)
     and the labels are the argmax of those stored values (the first class on a tie), so that a reader of both files
     finds them consistent; each channel is then inverted twice. ``argmax_first=True`` takes the argmax on the
@@ -58,21 +64,35 @@ class InvertLabelsd(Transform):
         if argmax_first and prob_key is not None:
             raise ValueError("argmax_first gives labels only: set prob_key=None or argmax_first=False")
         self.key, self.orig_key, self.prob_key, self.argmax_first = key, orig_key, prob_key, argmax_first
-        self.invert = Invertd(key, transform, orig_keys=orig_key, nearest_interp=False, to_tensor=True)
+        steps = transform.flatten().transforms if isinstance(transform, Compose) else (transform,)
+        invertible = [t for t in steps if isinstance(t, InvertibleTransform)]
+        self.invert_last = Invertd(
+            key, Compose(invertible[-1:]), orig_keys=orig_key, nearest_interp=False, to_tensor=True
+        )
+        self.earlier = Compose(invertible[:-1])
         self.invert_nearest = Invertd(key, transform, orig_keys=orig_key, nearest_interp=True, to_tensor=True)
 
     def _inverted(self, data: Mapping[Hashable, Any], channels: torch.Tensor, nearest: bool = False) -> MetaTensor:
-        invert = self.invert_nearest if nearest else self.invert
+        """``channels`` with the last resampling undone (``nearest``: all operations, by nearest neighbour)."""
+        invert = self.invert_nearest if nearest else self.invert_last
         channels = MetaTensor(torch.as_tensor(channels))  # Invertd takes the operations to undo from orig_key
         return invert({self.key: channels, self.orig_key: data[self.orig_key]})[self.key]
 
-    def _channels(self, data: Mapping[Hashable, Any], pred: torch.Tensor, meta: dict):
-        """Each class channel inverted, as ``(index, float32 (1, H, W, D) tensor)``; ``meta`` gets the inverted
-        meta data (original affine, file name)."""
+    def _undo_earlier(self, values: torch.Tensor, like: MetaTensor) -> MetaTensor:
+        """``values`` on the grid of ``like`` (a channel with the last resampling undone) with the operations
+        before it undone too, by nearest neighbour."""
+        image = MetaTensor(values, meta=deepcopy(like.meta))
+        image.applied_operations = convert_applied_interp_mode(deepcopy(like.applied_operations), mode="nearest")
+        return self.earlier.inverse({self.orig_key: image})[self.orig_key]
+
+    def _channels(self, data: Mapping[Hashable, Any], pred: torch.Tensor, first: list) -> Iterator:
+        """Each class channel with the last resampling undone, as ``(index, float32 (1, h', w', d') tensor)``;
+        ``first`` gets the first channel's MetaTensor header (meta data and operations left to undo)."""
         for c in range(pred.shape[0]):
             channel = self._inverted(data, pred[c : c + 1])
             if c == 0:
-                meta.update(channel.meta)
+                ops = channel.applied_operations
+                first.append(MetaTensor(torch.zeros(1), meta=channel.meta, applied_operations=ops))
             yield c, channel.as_tensor().float()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -82,17 +102,19 @@ class InvertLabelsd(Transform):
             labels = torch.argmax(torch.as_tensor(pred), dim=0, keepdim=True).to(torch.uint8)
             d[self.key] = self._inverted(d, labels, nearest=True).round().to(torch.uint8)
             return d
-        meta: dict = {}
+        first: list = []
         if self.prob_key is None:
-            labels = self._argmax(d, pred, meta)
+            labels = self._argmax(d, pred, first)
         else:
-            labels, probs = self._probabilities(d, pred, meta)
-            d[self.prob_key] = MetaTensor(probs, meta=dict(meta))
-        d[self.key] = MetaTensor(labels, meta=meta)
+            labels, probs = self._probabilities(d, pred, first)
+            probs = self._undo_earlier(probs, first[0])
+            d[self.prob_key] = MetaTensor(probs.as_tensor(), meta=probs.meta)
+        labels = self._undo_earlier(labels, first[0])
+        d[self.key] = MetaTensor(labels.as_tensor(), meta=labels.meta)
         return d
 
-    def _argmax(self, d: dict, pred: torch.Tensor, meta: dict) -> torch.Tensor:
-        for c, channel in self._channels(d, pred, meta):
+    def _argmax(self, d: dict, pred: torch.Tensor, first: list) -> torch.Tensor:
+        for c, channel in self._channels(d, pred, first):
             if c == 0:
                 best, labels = channel, torch.zeros(channel.shape, dtype=torch.uint8)
                 continue
@@ -100,9 +122,9 @@ class InvertLabelsd(Transform):
             torch.maximum(best, channel, out=best)
         return labels
 
-    def _probabilities(self, d: dict, pred: torch.Tensor, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _probabilities(self, d: dict, pred: torch.Tensor, first: list) -> tuple[torch.Tensor, torch.Tensor]:
         # first pass: running maximum and running sum of exponentials (rescaled as the maximum grows)
-        for c, channel in self._channels(d, pred, meta):
+        for c, channel in self._channels(d, pred, first):
             if c == 0:
                 top, total = channel, torch.ones(channel.shape)
                 continue
@@ -112,7 +134,7 @@ class InvertLabelsd(Transform):
         # second pass: quantised probabilities, and labels as the argmax of the stored steps (exact in float32)
         probs = torch.empty((pred.shape[0], *top.shape[1:]), dtype=torch.uint16)
         labels = torch.zeros(top.shape, dtype=torch.uint8)
-        for c, channel in self._channels(d, pred, {}):
+        for c, channel in self._channels(d, pred, []):
             steps = channel.sub_(top).exp_().div_(total).mul_(PROBABILITY_SCALE).round_()
             probs[c : c + 1] = steps.to(torch.uint16)
             if c == 0:
