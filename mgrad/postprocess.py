@@ -199,19 +199,12 @@ def choose_rules_for_files(
     Example:
         >>> rules, dice = choose_rules_for_files([("pred/a_seg.nii.gz", "labels/a.nii.gz")], 4)  # doctest: +SKIP
     """
-    from mgrad.metrics import relabel
-    from mgrad.transforms.io import load_ras
+    from mgrad.data.loading import load_pair
 
-    load = load_ras(["pred", "label"])
     cases = []
     for pred_file, label_file in pairs:
-        data = load({"pred": str(pred_file), "label": str(label_file)})
-        pred, label = data["pred"], data["label"]
-        if pred.shape != label.shape:
-            raise ValueError(f"prediction {pred_file} {list(pred.shape[1:])} and label {label_file} differ in shape")
-        spacing = tuple(float(v) for v in np.linalg.norm(label.affine.numpy()[:3, :3], axis=0))
-        label_values = relabel(label.numpy()[0].round().astype(np.int64), label_map)
-        cases.append((pred.numpy()[0].round().astype(np.uint8), label_values.astype(np.uint8), spacing))
+        pair = load_pair(pred_file, label_file, label_map)
+        cases.append((pair.pred.astype(np.uint8), pair.label.astype(np.uint8), pair.spacing))
     return choose_rules(cases, num_classes)
 
 

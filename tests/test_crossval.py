@@ -7,6 +7,7 @@ import numpy as np
 
 from mgrad import metrics
 from mgrad.crossval import cross_validation, format_cross_validation
+from mgrad.metrics.report import _json_safe
 
 
 def fold_summary(seed: int, n: int) -> dict:
@@ -20,7 +21,7 @@ def fold_summary(seed: int, n: int) -> dict:
         pred[rng.integers(0, 16, 20), rng.integers(0, 16, 20), rng.integers(0, 4, 20)] = 1
         cases[f"case{seed}_{i}"] = metrics.case_metrics(pred, label, 3, (1.0, 1.0, 2.0))
     # through JSON as the reports are read back (NaN written as null)
-    return json.loads(json.dumps(metrics._json_safe(metrics.summarize(cases, ["a", "b"]))))
+    return json.loads(json.dumps(_json_safe(metrics.summarize(cases, ["a", "b"]))))
 
 
 def test_folds_and_pooled_cases():

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mgrad.data.datalist import get_datalist
+from mgrad.data.datasets import get_datalist
 from mgrad.data.errors import DataError
 from mgrad.writers import atomic_path
 
