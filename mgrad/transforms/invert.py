@@ -108,9 +108,9 @@ class InvertLabelsd(Transform):
         else:
             labels, probs = self._probabilities(d, pred, first)
             probs = self._undo_earlier(probs, first[0])
-            d[self.prob_key] = MetaTensor(probs.as_tensor(), meta=probs.meta)
+            d[self.prob_key] = MetaTensor(probs.as_tensor().contiguous(), meta=probs.meta)
         labels = self._undo_earlier(labels, first[0])
-        d[self.key] = MetaTensor(labels.as_tensor(), meta=labels.meta)
+        d[self.key] = MetaTensor(labels.as_tensor().contiguous(), meta=labels.meta)
         return d
 
     def _argmax(self, d: dict, pred: torch.Tensor, first: list) -> torch.Tensor:
