@@ -6,15 +6,25 @@ holds more than one batch of extra outputs.
 """
 
 import copy
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from torch import Tensor, nn
 
 from mgrad.handlers import ModelLoader
 
-__all__ = ["TTA_MODES", "SoftmaxEnsemble", "load_networks", "tta_transforms"]
+__all__ = [
+    "TTA_MODES",
+    "EnsembleLoader",
+    "SoftmaxEnsemble",
+    "checkpoint_list",
+    "load_networks",
+    "network_copies",
+    "tta_transforms",
+]
 
 TTA_MODES = ("none", "flip", "rot90")
 _FLIPS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
@@ -89,6 +99,25 @@ class SoftmaxEnsemble(nn.Module):
         return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
 
 
+def checkpoint_list(ckpt_paths: str | Sequence[str]) -> list[str]:
+    """One checkpoint path or several as a non-empty list."""
+    paths = [ckpt_paths] if isinstance(ckpt_paths, (str, os.PathLike)) else list(ckpt_paths)
+    if not paths:
+        raise ValueError("no checkpoint given: pass one path or several")
+    return [str(p) for p in paths]
+
+
+def network_copies(network: nn.Module, ckpt_paths: str | Sequence[str]) -> list[nn.Module]:
+    """``network`` and a deep copy of it for each further checkpoint of ``ckpt_paths`` (not loaded yet: see
+    :class:`EnsembleLoader`)."""
+    return [network] + [copy.deepcopy(network) for _ in checkpoint_list(ckpt_paths)[1:]]
+
+
+def _load(networks: Sequence[nn.Module], ckpt_paths: str | Sequence[str], map_location: Any, engine: Engine) -> None:
+    for path, net in zip(checkpoint_list(ckpt_paths), networks, strict=True):
+        ModelLoader(load_path=path, load_dict={"model": net}, map_location=map_location)(engine)
+
+
 def load_networks(
     network: nn.Module, ckpt_paths: str | Sequence[str], map_location: str | torch.device = "cpu"
 ) -> list[nn.Module]:
@@ -108,10 +137,33 @@ def load_networks(
     Example:
         >>> nets = load_networks(net, ["models/fold0/model.pt", "models/fold1/model.pt"])  # doctest: +SKIP
     """
-    paths = [ckpt_paths] if isinstance(ckpt_paths, str) else list(ckpt_paths)
-    if not paths:
-        raise ValueError("no checkpoint given: pass one path or several")
-    networks = [network] + [copy.deepcopy(network) for _ in paths[1:]]
-    for path, net in zip(paths, networks):
-        ModelLoader(load_path=str(path), load_dict={"model": net}, map_location=map_location)(Engine(lambda e, b: None))
+    networks = network_copies(network, ckpt_paths)
+    _load(networks, ckpt_paths, map_location, Engine(lambda e, b: None))
     return networks
+
+
+class EnsembleLoader:
+    """Ignite handler: when the engine starts, loads checkpoint ``k`` of ``load_path`` into network ``k`` of
+    ``ensemble`` (built with ``SoftmaxEnsemble(network_copies(network, load_path))``), each checked as
+    :class:`mgrad.handlers.ModelLoader` checks one.
+
+    Args:
+        load_path: one checkpoint or several.
+        ensemble: the :class:`SoftmaxEnsemble` of the inference.
+        map_location: where the weights are loaded.
+
+    Example:
+        >>> ensemble = SoftmaxEnsemble(network_copies(net, ["a.pt", "b.pt"]), tta="flip")  # doctest: +SKIP
+        >>> EnsembleLoader(["a.pt", "b.pt"], ensemble).attach(evaluator)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, load_path: str | Sequence[str], ensemble: SoftmaxEnsemble, map_location: str | torch.device = "cpu"
+    ) -> None:
+        self.load_path, self.ensemble, self.map_location = load_path, ensemble, map_location
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        _load(list(self.ensemble.networks), self.load_path, self.map_location, engine)

@@ -75,7 +75,8 @@ class InvertLabelsd(Transform):
     def _inverted(self, data: Mapping[Hashable, Any], channels: torch.Tensor, nearest: bool = False) -> MetaTensor:
         """``channels`` with the last resampling undone (``nearest``: all operations, by nearest neighbour)."""
         invert = self.invert_nearest if nearest else self.invert_last
-        channels = MetaTensor(torch.as_tensor(channels))  # Invertd takes the operations to undo from orig_key
+        # a copy: where the resampling was the identity the result is this tensor, which the caller changes in place
+        channels = MetaTensor(torch.as_tensor(channels).clone())  # Invertd takes the operations from orig_key
         return invert({self.key: channels, self.orig_key: data[self.orig_key]})[self.key]
 
     def _undo_earlier(self, values: torch.Tensor, like: MetaTensor) -> MetaTensor:
