@@ -201,8 +201,8 @@ def train(
 def checkpoint_paths(
     ckpt_path: str | Sequence[str] | None, folds: int | None = None, bundle_root: str | Path | None = None
 ) -> str | list[str] | None:
-    """The checkpoint(s) of an inference: ``ckpt_path`` as given (a list, or one string of comma-separated
-    paths, in brackets or not, gives an ensemble), or with ``folds`` the ``models/fold{k}/model.pt`` of each fold of the bundle.
+    """The checkpoint(s) of an inference: ``ckpt_path`` as given (a list, or one string of comma-separated paths,
+    in brackets or not, gives an ensemble), or with ``folds`` the ``models/fold{k}/model.pt`` of each fold.
 
     Args:
         ckpt_path: one path, several, or ``None`` (the config's default).
