@@ -33,6 +33,7 @@ __all__ = ["SegmentationReport", "evaluate", "evaluate_folders", "prediction_fil
 FOLDER_OPTIONS = ("pred_dir", "label_dir", "num_classes", "class_names", "protocol", "output_dir")
 PRED_SUFFIXES = ("_seg", "_pred", "_prediction")
 LABEL_SUFFIXES = ("_gt", "_label", "_labels", "_seg")
+PROBABILITY_SUFFIX = "_prob"  # probability maps that `infer --probabilities true` writes beside the labels
 
 
 def prediction_file(image: str | os.PathLike, layout: FolderLayout) -> Path:
@@ -122,6 +123,7 @@ def evaluate_folders(
     ``_pred``, ``_prediction`` (predictions) or ``_gt``, ``_label``, ``_labels``, ``_seg`` (labels); where several
     files share a name, the suffixed one wins (so ACDC's ``X.nii.gz`` image beside ``X_gt.nii.gz`` is skipped).
     A case without a partner, or that cannot be read or matched in grid, is reported as an error.
+    Probability maps (``*_prob.nii.gz``, from ``infer --probabilities true``) among the predictions are skipped.
 
     Args:
         pred_dir: folder of predictions (or a list of files).
@@ -138,7 +140,7 @@ def evaluate_folders(
     Raises:
         FileNotFoundError: where ``pred_dir`` or ``label_dir`` is a path but not a folder.
     """
-    preds, pred_errors = _index(pred_dir, PRED_SUFFIXES)
+    preds, pred_errors = _index(pred_dir, PRED_SUFFIXES, skip=PROBABILITY_SUFFIX)
     labels, errors = _index(label_dir, LABEL_SUFFIXES)
     errors.update(pred_errors)
     errors.update({case: f"no label for prediction {preds[case]}" for case in preds.keys() - labels.keys()})
@@ -147,8 +149,11 @@ def evaluate_folders(
     return score_pairs(pairs, num_classes, class_names, label_map, protocol, output_dir, errors=errors)
 
 
-def _index(source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Sequence[str]) -> tuple[dict, dict]:
-    """{case name: file} for a folder (recursive) or a list of NIfTI files, and {case name: error} for ambiguities."""
+def _index(
+    source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Sequence[str], skip: str | None = None
+) -> tuple[dict, dict]:
+    """{case name: file} for a folder (recursive) or a list of NIfTI files, and {case name: error} for ambiguities;
+    files whose name ends with ``skip`` (before the extension) are left out."""
     if isinstance(source, (str, os.PathLike)):
         if not Path(source).is_dir():
             raise FileNotFoundError(f"not a folder: {source}")
@@ -158,6 +163,8 @@ def _index(source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Se
     groups: dict[str, list[tuple[bool, Path]]] = {}
     for path in paths:
         name = path.name.removesuffix(".gz").removesuffix(".nii")
+        if skip and name.endswith(skip):
+            continue
         suffix = next((s for s in suffixes if name.endswith(s)), "")
         groups.setdefault(name.removesuffix(suffix) if suffix else name, []).append((bool(suffix), path))
     files, errors = {}, {}
