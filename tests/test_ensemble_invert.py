@@ -128,3 +128,13 @@ def test_slab_anti_aliasing_equals_monai_resize():
     torch.testing.assert_close(out.as_tensor(), expected.as_tensor())
     small = MetaTensor(torch.rand(1, 40, 40, 3))
     assert SlabAntiAliasd("image", 48)({"image": small})["image"] is small
+
+
+def test_slab_wise_inversion_equals_the_whole(case):
+    pre, data, logits, _ = case
+    whole = InvertLabelsd(pre, prob_key="prob", slab=64)({"pred": logits.clone(), **data})
+    slabs = InvertLabelsd(pre, prob_key="prob", slab=2)({"pred": logits.clone(), **data})
+    assert len(InvertLabelsd(pre, slab=2)._slabs(dict(data), logits)) == 4  # 7 slices
+    for key in ("pred", "prob"):
+        assert torch.equal(slabs[key].as_tensor(), whole[key].as_tensor())
+        np.testing.assert_allclose(slabs[key].affine.numpy(), whole[key].affine.numpy())

@@ -43,6 +43,7 @@ class InvertLabelsd(Transform):
         orig_key: the preprocessed input whose applied operations are inverted.
         prob_key: where to store the probabilities ``(C, H, W, D)`` ``uint16``; ``None``: labels only.
         argmax_first: argmax before inversion (labels only).
+        slab: slices inverted together where the resize kept the slice axis (as the bundle's in-plane resize does).
 
     Returns:
         ``__call__(data)``: a copy of ``data`` with ``data[key]`` the labels (``MetaTensor`` ``uint8``
@@ -60,10 +61,12 @@ class InvertLabelsd(Transform):
         orig_key: str = "image",
         prob_key: str | None = None,
         argmax_first: bool = False,
+        slab: int = 32,
     ) -> None:
         if argmax_first and prob_key is not None:
             raise ValueError("argmax_first gives labels only: set prob_key=None or argmax_first=False")
         self.key, self.orig_key, self.prob_key, self.argmax_first = key, orig_key, prob_key, argmax_first
+        self.slab = slab
         steps = transform.flatten().transforms if isinstance(transform, Compose) else (transform,)
         invertible = [t for t in steps if isinstance(t, InvertibleTransform)]
         self.invert_last = Invertd(
@@ -104,15 +107,43 @@ class InvertLabelsd(Transform):
             d[self.key] = self._inverted(d, labels, nearest=True).round().to(torch.uint8)
             return d
         first: list = []
-        if self.prob_key is None:
-            labels = self._argmax(d, pred, first)
-        else:
-            labels, probs = self._probabilities(d, pred, first)
+        labels = probs = None
+        for part, zs in self._slabs(d, pred):
+            slab_labels, slab_probs = (
+                (self._argmax(part, pred[..., zs], first), None)
+                if self.prob_key is None
+                else self._probabilities(part, pred[..., zs], first)
+            )
+            if labels is None:
+                labels = torch.empty((*slab_labels.shape[:-1], pred.shape[-1]), dtype=torch.uint8)
+                if slab_probs is not None:
+                    probs = torch.empty((*slab_probs.shape[:-1], pred.shape[-1]), dtype=torch.uint16)
+            labels[..., zs] = slab_labels
+            if probs is not None:
+                probs[..., zs] = slab_probs
+        if probs is not None:
             probs = self._undo_earlier(probs, first[0])
             d[self.prob_key] = MetaTensor(probs.as_tensor().contiguous(), meta=probs.meta)
         labels = self._undo_earlier(labels, first[0])
         d[self.key] = MetaTensor(labels.as_tensor().contiguous(), meta=labels.meta)
         return d
+
+    def _slabs(self, d: dict, pred: torch.Tensor) -> list[tuple[dict, slice]]:
+        """``(data, slice of the slice axis)`` per slab of ``self.slab`` slices where the last operation is a
+        ``Resize`` that kept the slice axis (undoing it slab by slab is then exact), else the whole volume once."""
+        orig = d[self.orig_key]
+        ops = list(getattr(orig, "applied_operations", []))
+        depth = pred.shape[-1]
+        if not ops or ops[-1].get("class") != "Resize" or int(ops[-1]["orig_size"][-1]) != depth:
+            return [(d, slice(None))]
+        parts = []
+        for z0 in range(0, depth, self.slab):
+            z1 = min(z0 + self.slab, depth)
+            op = deepcopy(ops[-1])
+            op["orig_size"] = (*tuple(op["orig_size"])[:-1], z1 - z0)
+            header = MetaTensor(torch.zeros(1), meta=orig.meta, applied_operations=[*ops[:-1], op])
+            parts.append(({**d, self.orig_key: header}, slice(z0, z1)))
+        return parts
 
     def _argmax(self, d: dict, pred: torch.Tensor, first: list) -> torch.Tensor:
         for c, channel in self._channels(d, pred, first):
