@@ -20,6 +20,7 @@ __all__ = [
     "STANDALONE_CONFIGS",
     "bundle_configs",
     "check_overrides",
+    "checkpoint_paths",
     "config_names",
     "default_bundle_root",
     "infer",
@@ -224,7 +225,10 @@ def train(
     Any bundle id can be overridden, e.g. ``--dataset acdc_h5 --dataset_dir DIR --epochs 50 --preset paper
     --time_budget 1800 --device cpu``; ``--configs NAME`` layers more of the bundle's configs on top (e.g.
     ``baseline_basicunet``: MONAI's BasicUNet through the identical pipeline). The best model goes to
-    ``<bundle_root>/models/model.pt``.
+    ``<bundle_root>/models/model.pt``. ``--folds K --fold k`` trains fold ``k`` of a ``K``-fold cross-validation of
+    the training data, split by patient (``--seed``), with the split written to ``models/fold{k}/split.json`` and
+    the models under ``models/fold{k}/``. ``--pretrained PATH`` starts from a checkpoint of another label set or
+    channel count: every tensor that fits is loaded, and the log lists those left out.
 
     Args:
         bundle_root: the bundle folder; default :func:`default_bundle_root`.
@@ -241,25 +245,69 @@ def train(
     return {"best_metric": state.best_metric, "best_metric_epoch": state.best_metric_epoch}
 
 
+def checkpoint_paths(
+    ckpt_path: str | Sequence[str] | None, folds: int | None = None, bundle_root: str | Path | None = None
+) -> str | list[str] | None:
+    """The checkpoint(s) of an inference: ``ckpt_path`` as given (a list, or one string of comma-separated paths,
+    in brackets or not, gives an ensemble), or with ``folds`` the ``models/fold{k}/model.pt`` of each fold.
+
+    Args:
+        ckpt_path: one path, several, or ``None`` (the config's default).
+        folds: the number of cross-validation folds whose models form the ensemble; not together with ``ckpt_path``.
+        bundle_root: the bundle folder holding ``models/``; default :func:`default_bundle_root`.
+
+    Returns:
+        one path, a list of paths, or ``None``.
+
+    Raises:
+        ValueError: for both ``ckpt_path`` and ``folds``, or fewer than one fold.
+
+    Example:
+        >>> checkpoint_paths("a.pt,b.pt"), checkpoint_paths("[a.pt,b.pt]")
+        (['a.pt', 'b.pt'], ['a.pt', 'b.pt'])
+        >>> checkpoint_paths(None, folds=2, bundle_root="b")
+        ['b/models/fold0/model.pt', 'b/models/fold1/model.pt']
+    """
+    if folds is not None:
+        if ckpt_path is not None:
+            raise ValueError("give --ckpt_path or --folds, not both")
+        if int(folds) < 1:
+            raise ValueError(f"--folds must be at least 1, got {folds}")
+        root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
+        return [str(root / "models" / f"fold{k}" / "model.pt") for k in range(int(folds))]
+    if isinstance(ckpt_path, str):
+        text = ckpt_path.strip()
+        text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        paths = [p.strip().strip("'\"") for p in text.split(",") if p.strip()]
+        return paths[0] if len(paths) == 1 else paths
+    return None if ckpt_path is None else [str(p) for p in ckpt_path]
+
+
 def infer(
     input: str,
     output_dir: str,
     bundle_root: str | None = None,
-    ckpt_path: str | None = None,
+    ckpt_path: str | Sequence[str] | None = None,
+    folds: int | None = None,
     configs: Sequence[str] = (),
     **overrides: Any,
 ) -> list[str]:
     """Segment every volume in folder ``input`` (or a datalist ``.json``); write NIfTI predictions to ``output_dir``.
 
     Predictions have each input's shape, affine and orientation. ``ckpt_path`` defaults to the bundle's
-    ``models/model.pt``; other bundle ids (``--dataset``, ``--preset``, ``--fast false``) can be overridden;
-    ``--configs NAME`` layers more of the bundle's configs on top, as for :func:`train`.
+    ``models/model.pt``; several checkpoints (``--ckpt_path "[a.pt,b.pt]"`` or ``--ckpt_path a.pt,b.pt``), or
+    ``--folds K`` (the bundle's ``models/fold{k}/model.pt``), average their softmax probabilities. Other bundle ids
+    can be overridden: ``--probabilities true`` (also write ``<input name>_prob.nii.gz``), ``--tta flip`` or
+    ``rot90``, ``--postprocess postprocessing.json`` (rules written by ``mgrad evaluate``), ``--dataset``,
+    ``--preset``, ``--fast false``; ``--configs NAME`` layers more of the bundle's configs on top, as for
+    :func:`train`.
 
     Args:
         input: a folder of volumes, or a datalist ``.json``.
         output_dir: where the predictions go (``<input name>_seg.nii.gz``).
         bundle_root: the bundle folder; default :func:`default_bundle_root`.
-        ckpt_path: the weights; default ``<bundle_root>/models/model.pt``.
+        ckpt_path: the weights, one path or several (an ensemble); default ``<bundle_root>/models/model.pt``.
+        folds: ensemble the models of this many cross-validation folds (instead of ``ckpt_path``).
         configs: more bundle configs layered on top.
         overrides: config ids and their values.
 
@@ -269,6 +317,7 @@ def infer(
     Raises:
         mgrad.engines.CaseFailures: after the run, where some volumes failed (the others are still written).
     """
+    ckpt_path = checkpoint_paths(ckpt_path, folds, bundle_root)
     if ckpt_path is not None:
         overrides["ckpt_path"] = ckpt_path
     workflow = run_config(

@@ -60,9 +60,7 @@ def _report(name: str, result: Any) -> int:
     """Print a command's result for a person (the bundle's own ``run`` already reports a training); return the exit
     status."""
     if name == "evaluate":
-        from mgrad.metrics import format_table
-
-        print(format_table(result))
+        _report_evaluation(result)
         return 1 if result.get("errors") else 0
     if name == "check-data":
         for line in result["problems"]:
@@ -83,6 +81,29 @@ def _report(name: str, result: Any) -> int:
 
         print(format_demo(result))
     return 0
+
+
+def _report_evaluation(result: dict[str, Any]) -> None:
+    """The evaluation table (the cross-validation table over folds), then the same with the chosen
+    post-processing."""
+    from mgrad.metrics import format_table
+
+    if "cross_validation" in result:
+        from mgrad.crossval import format_cross_validation
+
+        print(format_cross_validation(result["cross_validation"]))
+    else:
+        print(format_table(result))
+    if "postprocessed" in result:
+        from mgrad.postprocess import rule_name
+
+        chosen = result["postprocessing"]
+        names = result["postprocessed"]["class_names"]
+        rules = ", ".join(
+            f"{names[c - 1] if c <= len(names) else c}: {rule_name(rule)}" for c, rule in chosen["rules"].items()
+        )
+        print(f"\nwith post-processing chosen per class ({rules}; written to {chosen['path']}):")
+        print(format_table(result["postprocessed"]))
 
 
 def _check_options(func: Callable[..., Any], args: list[str]) -> None:

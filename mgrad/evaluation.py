@@ -33,6 +33,7 @@ __all__ = ["SegmentationReport", "evaluate", "evaluate_folders", "prediction_fil
 FOLDER_OPTIONS = ("pred_dir", "label_dir", "num_classes", "class_names", "protocol", "output_dir")
 PRED_SUFFIXES = ("_seg", "_pred", "_prediction")
 LABEL_SUFFIXES = ("_gt", "_label", "_labels", "_seg")
+PROBABILITY_SUFFIX = "_prob"  # probability maps that `infer --probabilities true` writes beside the labels
 
 
 def prediction_file(image: str | os.PathLike, layout: FolderLayout) -> Path:
@@ -122,6 +123,7 @@ def evaluate_folders(
     ``_pred``, ``_prediction`` (predictions) or ``_gt``, ``_label``, ``_labels``, ``_seg`` (labels); where several
     files share a name, the suffixed one wins (so ACDC's ``X.nii.gz`` image beside ``X_gt.nii.gz`` is skipped).
     A case without a partner, or that cannot be read or matched in grid, is reported as an error.
+    Probability maps (``*_prob.nii.gz``, from ``infer --probabilities true``) among the predictions are skipped.
 
     Args:
         pred_dir: folder of predictions (or a list of files).
@@ -138,7 +140,7 @@ def evaluate_folders(
     Raises:
         FileNotFoundError: where ``pred_dir`` or ``label_dir`` is a path but not a folder.
     """
-    preds, pred_errors = _index(pred_dir, PRED_SUFFIXES)
+    preds, pred_errors = _index(pred_dir, PRED_SUFFIXES, skip=PROBABILITY_SUFFIX)
     labels, errors = _index(label_dir, LABEL_SUFFIXES)
     errors.update(pred_errors)
     errors.update({case: f"no label for prediction {preds[case]}" for case in preds.keys() - labels.keys()})
@@ -147,8 +149,11 @@ def evaluate_folders(
     return score_pairs(pairs, num_classes, class_names, label_map, protocol, output_dir, errors=errors)
 
 
-def _index(source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Sequence[str]) -> tuple[dict, dict]:
-    """{case name: file} for a folder (recursive) or a list of NIfTI files, and {case name: error} for ambiguities."""
+def _index(
+    source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Sequence[str], skip: str | None = None
+) -> tuple[dict, dict]:
+    """{case name: file} for a folder (recursive) or a list of NIfTI files, and {case name: error} for ambiguities;
+    files whose name ends with ``skip`` (before the extension) are left out."""
     if isinstance(source, (str, os.PathLike)):
         if not Path(source).is_dir():
             raise FileNotFoundError(f"not a folder: {source}")
@@ -158,6 +163,8 @@ def _index(source: str | os.PathLike | Sequence[str | os.PathLike], suffixes: Se
     groups: dict[str, list[tuple[bool, Path]]] = {}
     for path in paths:
         name = path.name.removesuffix(".gz").removesuffix(".nii")
+        if skip and name.endswith(skip):
+            continue
         suffix = next((s for s in suffixes if name.endswith(s)), "")
         groups.setdefault(name.removesuffix(suffix) if suffix else name, []).append((bool(suffix), path))
     files, errors = {}, {}
@@ -241,6 +248,7 @@ def evaluate(
     dataset: str | None = None,
     dataset_dir: str | None = None,
     split: str = "validation",
+    folds: int | None = None,
     bundle_root: str | None = None,
     configs: Sequence[str] = (),
     **overrides: Any,
@@ -250,18 +258,30 @@ def evaluate(
     ``protocol="transunet"`` reproduces the published evaluation rules (HD95 in voxels, the 1/0 rule for empty
     cases); the default reports empty cases explicitly.
 
+    On a dataset split the bundle segments the volumes, the predictions are scored, and then each class's
+    connected-component post-processing is chosen on them (:func:`mgrad.postprocess.choose_rules`): the rules go
+    to ``<output_dir>/postprocessing.json`` (for ``mgrad infer --postprocess``), the post-processed predictions to
+    ``<output_dir>/postprocessed/`` with their own report. With ``folds`` every fold's model
+    (``models/fold{k}/model.pt``) segments its held-out patients (``<output_dir>/fold{k}/``), the folds make the
+    cross-validation table, and the rules are chosen on all held-out cases together. With ``--postprocess FILE``
+    the predictions are post-processed with those rules already, and none are chosen.
+
     Args:
         pred_dir, label_dir, num_classes: the folder way in (see :func:`evaluate_folders`).
         class_names: names of classes ``1 .. N-1`` (a list or one comma-separated string); folders only.
         protocol: ``"default"`` or ``"transunet"``.
         output_dir: where the report goes (default: ``pred_dir``, or the bundle's ``eval/`` for a split).
         dataset, dataset_dir, split: the dataset way in: the bundle segments the split with its trained model.
+        folds: the number of cross-validation folds trained with ``mgrad train --folds``; dataset way in only.
         bundle_root: the bundle folder (dataset way in).
         configs: more bundle configs layered on top (e.g. ``baseline_basicunet``).
-        overrides: other bundle ids (``preset``, ``ckpt_path``, ``device``, ...).
+        overrides: other bundle ids (``preset``, ``ckpt_path``, ``tta``, ``postprocess``, ``device``, ...).
 
     Returns:
-        the summary of :func:`mgrad.metrics.summarize`; cases that failed are in its ``errors``.
+        the summary of :func:`mgrad.metrics.summarize` (with folds: of all held-out cases pooled); cases that failed
+        are in its ``errors``. A dataset split adds ``postprocessing`` (``{"path", "rules", "dice"}``) and
+        ``postprocessed`` (the summary with the rules applied); with folds, ``cross_validation``
+        (:func:`mgrad.crossval.cross_validation`).
 
     Raises:
         ValueError: where neither way in is complete, or options of the other way in are given.
@@ -272,23 +292,71 @@ def evaluate(
         error = unknown_options(overrides, FOLDER_OPTIONS, "an option of evaluate --pred_dir")
         if error:
             raise error
-        if configs or bundle_root is not None or dataset_dir is not None:
-            raise ValueError("--configs, --bundle_root and --dataset_dir go with --dataset, not with --pred_dir")
+        if configs or bundle_root is not None or dataset_dir is not None or folds is not None:
+            raise ValueError(
+                "--configs, --bundle_root, --dataset_dir and --folds go with --dataset, not with --pred_dir"
+            )
         if isinstance(class_names, str):
             class_names = [name.strip() for name in class_names.split(",")]
         out = output_dir if output_dir is not None else pred_dir
         return evaluate_folders(pred_dir, label_dir, num_classes, class_names, protocol, out)
     root = Path(bundle_root) if bundle_root else default_bundle_root()
+    out = Path(output_dir) if output_dir else root / "eval"
     if dataset_dir is not None:
         overrides["dataset_dir"] = dataset_dir
-    workflow = load_workflow(
-        ["inference", "evaluate", *config_names(configs)],
-        root,
-        dataset=dataset,
-        split=split,
-        output_dir=str(Path(output_dir) if output_dir else root / "eval"),
-        protocol=protocol,
-        **overrides,
-    )
+    names = ["inference", "evaluate", *config_names(configs)]
+    settings = dict(dataset=dataset, split=split, protocol=protocol, **overrides)
+    if folds is None:
+        workflow = _segment_and_score(names, root, out, settings)
+        summary = workflow.parser.get_parsed_content("report").summary
+    else:
+        if split != "validation":
+            raise ValueError(f"--folds scores each fold's held-out patients (split 'validation'), not '{split}'")
+        from mgrad.crossval import cross_validation
+
+        fold_summaries = []
+        for k in range(int(folds)):
+            workflow = _segment_and_score(names, root, out / f"fold{k}", {**settings, "folds": int(folds), "fold": k})
+            fold_summaries.append(workflow.parser.get_parsed_content("report").summary)
+        table = cross_validation(fold_summaries)
+        files = {f"fold{k}/{c}": f for k, s in enumerate(fold_summaries) for c, f in s["files"].items()}
+        summary = {**table["pooled"], "files": files, "cross_validation": table}
+    if overrides.get("postprocess") is None:
+        summary.update(_choose_postprocessing(summary, workflow.parser, out))
+    return summary
+
+
+def _segment_and_score(names: Sequence[str], root: Path, out: Path, settings: Mapping[str, Any]):
+    """The bundle's evaluation workflow, run: the split segmented into ``out/predictions`` and scored in ``out``."""
+    workflow = load_workflow(names, root, output_dir=str(out), **settings)
     workflow.parser.get_parsed_content("evaluator").run()
-    return workflow.parser.get_parsed_content("report").summary
+    return workflow
+
+
+def _choose_postprocessing(summary: Mapping[str, Any], parser: Any, out: Path) -> dict[str, Any]:
+    """Rules chosen on the scored predictions of ``summary``, written to ``out/postprocessing.json``; the
+    predictions post-processed with them into ``out/postprocessed/`` and scored there."""
+    from mgrad.postprocess import choose_rules_for_files, postprocess_file, save_rules
+
+    num_classes, label_map = parser.get_parsed_content("num_classes"), parser.get_parsed_content("label_map")
+    errors = summary.get("errors", {})
+    pairs = {case: files for case, files in summary["files"].items() if case not in errors}
+    if not pairs:
+        return {}
+    rules, dice = choose_rules_for_files([(f["pred"], f["label"]) for f in pairs.values()], num_classes, label_map)
+    path = out / "postprocessing.json"
+    save_rules(path, rules, dice={str(c): d for c, d in dice.items()})
+    processed = {}
+    for case, files in pairs.items():
+        target = out / "postprocessed" / Path(files["pred"]).name
+        postprocess_file(files["pred"], target, rules)
+        processed[case] = {"pred": target, "label": files["label"]}
+    after = score_pairs(
+        processed,
+        num_classes,
+        parser.get_parsed_content("class_names"),
+        label_map,
+        parser.get_parsed_content("protocol"),
+        out / "postprocessed",
+    )
+    return {"postprocessing": {"path": str(path), "rules": rules, "dice": dice}, "postprocessed": after}

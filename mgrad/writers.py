@@ -8,7 +8,10 @@ from pathlib import Path
 
 from monai.data import NibabelWriter
 
-__all__ = ["atomic_path", "AtomicNibabelWriter"]
+__all__ = ["PROBABILITY_SCALE", "atomic_path", "AtomicNibabelWriter", "AtomicProbabilityWriter"]
+
+# probabilities are stored as uint16 steps of 1/PROBABILITY_SCALE (NIfTI has no float16)
+PROBABILITY_SCALE = 65535
 
 
 @contextmanager
@@ -37,3 +40,18 @@ class AtomicNibabelWriter(NibabelWriter):
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
         with atomic_path(filename) as tmp:
             super().write(tmp, verbose=verbose, **obj_kwargs)
+
+
+class AtomicProbabilityWriter(AtomicNibabelWriter):
+    """:class:`AtomicNibabelWriter` for probabilities quantised to ``uint16`` steps of ``1 / PROBABILITY_SCALE``.
+
+    The integers are stored as they are with the NIfTI scaling slope ``1 / PROBABILITY_SCALE``, so readers that apply
+    the scaling (``nibabel``'s ``get_fdata``, MONAI's ``LoadImage``, ITK) get probabilities in [0, 1] at two bytes a
+    voxel. Use as ``SaveImaged(writer=AtomicProbabilityWriter, output_dtype=numpy.uint16)`` on ``uint16`` data.
+    """
+
+    @classmethod
+    def create_backend_obj(cls, data_array, affine=None, dtype=None, **kwargs):
+        image = super().create_backend_obj(data_array, affine=affine, dtype=dtype, **kwargs)
+        image.header.set_slope_inter(1.0 / PROBABILITY_SCALE, 0.0)
+        return image

@@ -5,6 +5,7 @@ from collections.abc import Mapping
 import numpy as np
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, MapLabelValued, Orientationd, Resized
 
+from mgrad.transforms.antialias import SlabAntiAliasd
 from mgrad.transforms.augment import Augment2Dd
 from mgrad.transforms.intensity import intensity_transforms
 from mgrad.transforms.io import LoadVolumed
@@ -37,9 +38,8 @@ def volume_transforms(
         Orientationd(keys, axcodes="RAS"),
         ValidateCased(keys, num_classes if label_map is None else None, label_map, require_volume),
         *intensity_transforms(preset, "image"),
-        Resized(
-            keys, spatial_size=(spatial_size, spatial_size, -1), mode=modes, anti_aliasing=[True, False][: len(keys)]
-        ),
+        SlabAntiAliasd("image", spatial_size),
+        Resized(keys, spatial_size=(spatial_size, spatial_size, -1), mode=modes, anti_aliasing=False),
     ]
     if with_label and label_map is not None:
         orig = sorted(label_map)

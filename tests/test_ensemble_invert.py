@@ -1,0 +1,140 @@
+"""Test-time augmentation and ensembles (mean softmax), and inversion to the original grid one channel at a time."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import AsDiscreted, Invertd, SaveImaged
+
+from mgrad.ensemble import SoftmaxEnsemble, tta_transforms
+from mgrad.transforms import volume_transforms
+from mgrad.transforms.invert import InvertLabelsd
+from mgrad.writers import AtomicNibabelWriter, AtomicProbabilityWriter
+
+
+class Shifted(torch.nn.Module):
+    """A network that is not flip-invariant: logits depend on the position along each axis."""
+
+    def __init__(self, out_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.linspace(0, 1, x.shape[-2]).view(1, 1, -1, 1)
+        w = torch.linspace(0, 2, x.shape[-1]).view(1, 1, 1, -1)
+        return self.conv(x) + h * torch.arange(self.conv.out_channels).view(1, -1, 1, 1) + w
+
+
+def test_tta_modes():
+    assert tta_transforms("none") == [((), 0)]
+    assert len(tta_transforms("flip")) == 4 and len(set(tta_transforms("rot90"))) == 8
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'mirror'"):
+        tta_transforms("mirror")
+
+
+def test_tta_averages_softmax_over_flips():
+    torch.manual_seed(0)
+    net, x = Shifted().eval(), torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        out = SoftmaxEnsemble(net, tta="flip")(x)
+        expected = sum(torch.softmax(net(x.flip(d)).flip(d) if d else net(x), 1) for d in ((), (2,), (3,), (2, 3))) / 4
+        torch.testing.assert_close(out.exp(), expected, rtol=1e-5, atol=1e-6)
+        assert torch.equal(SoftmaxEnsemble(net)(x), net(x))  # one network, no TTA: its own logits
+        # a flip-equivariant input: the flipped-and-unflipped copies all agree with the plain prediction
+        rot = SoftmaxEnsemble(net, tta="rot90")(x).exp()
+        assert rot.shape == (2, 3, 16, 16)
+        torch.testing.assert_close(rot.sum(1), torch.ones(2, 16, 16))
+        assert not torch.allclose(rot, expected)
+
+
+def test_ensemble_is_the_mean_of_its_members():
+    torch.manual_seed(0)
+    a, b, x = Shifted().eval(), Shifted().eval(), torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        out = SoftmaxEnsemble([a, b])(x).exp()
+        torch.testing.assert_close(out, (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A preprocessed oblique, anisotropic volume and fake logits on its network grid."""
+    path = tmp_path_factory.mktemp("vol") / "case.nii.gz"
+    affine = np.array([[0, -1.5, 0, 10], [1.2, 0, 0, -5], [0, 0, 4.0, 2], [0, 0, 0, 1]])
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.normal(size=(40, 36, 7)).astype(np.float32), affine), path)
+    pre = volume_transforms("ct", 32, with_label=False)
+    data = pre({"image": str(path)})
+    logits = torch.randn(4, 32, 32, 7) * 3
+    return pre, data, logits, path
+
+
+def test_labels_equal_the_argmax_of_a_whole_inversion(case):
+    pre, data, logits, path = case
+    reference = Invertd("pred", pre, orig_keys="image", nearest_interp=False)({"pred": MetaTensor(logits), **data})
+    expected = AsDiscreted("pred", argmax=True)(reference)["pred"]
+    out = InvertLabelsd(pre)({"pred": logits.clone(), **data})["pred"]
+    assert out.dtype == torch.uint8 and out.shape == (1, 40, 36, 7)
+    assert torch.equal(out.as_tensor().long(), expected.as_tensor().long())
+    np.testing.assert_allclose(out.affine.numpy(), nib.load(path).affine, atol=1e-5)
+    nearest = InvertLabelsd(pre, argmax_first=True)({"pred": logits.clone(), **data})["pred"]
+    assert nearest.shape == (1, 40, 36, 7) and (nearest.as_tensor() == out.as_tensor()).float().mean() > 0.5
+
+
+def test_probabilities_sum_to_one_and_match_the_labels_on_disk(case, tmp_path):
+    pre, data, logits, path = case
+    out = InvertLabelsd(pre, prob_key="prob")({"pred": logits.clone(), **data})
+    assert out["prob"].dtype == torch.uint16 and out["prob"].shape == (4, 40, 36, 7)
+    SaveImaged(
+        "pred",
+        output_dir=tmp_path,
+        output_postfix="seg",
+        output_dtype=np.uint8,
+        separate_folder=False,
+        resample=False,
+        writer=AtomicNibabelWriter,
+    )(out)
+    SaveImaged(
+        "prob",
+        output_dir=tmp_path,
+        output_postfix="prob",
+        output_dtype=np.uint16,
+        separate_folder=False,
+        resample=False,
+        writer=AtomicProbabilityWriter,
+    )(out)
+    seg, prob = nib.load(tmp_path / "case_seg.nii.gz"), nib.load(tmp_path / "case_prob.nii.gz")
+    assert prob.shape == (40, 36, 7, 4)  # channels last, as the fourth dimension
+    np.testing.assert_allclose(prob.affine, seg.affine, atol=1e-6)
+    p = prob.get_fdata()
+    assert p.min() >= 0 and p.max() <= 1
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-3)
+    np.testing.assert_array_equal(p.argmax(-1), np.asarray(seg.dataobj))
+    # the probabilities are the softmax of the whole inversion, to the stored precision
+    reference = Invertd("pred", pre, orig_keys="image", nearest_interp=False)({"pred": MetaTensor(logits), **data})
+    np.testing.assert_allclose(p, torch.softmax(reference["pred"].as_tensor(), 0).permute(1, 2, 3, 0), atol=2e-5)
+
+
+def test_slab_anti_aliasing_equals_monai_resize():
+    from monai.transforms import Resized
+
+    from mgrad.transforms.antialias import SlabAntiAliasd
+
+    torch.manual_seed(0)
+    img = MetaTensor(torch.rand(1, 150, 140, 9))
+    expected = Resized("image", (48, 48, -1), anti_aliasing=True)({"image": img.clone()})["image"]
+    smoothed = SlabAntiAliasd("image", 48, slab=2)({"image": img.clone()})
+    out = Resized("image", (48, 48, -1), anti_aliasing=False)(smoothed)["image"]
+    torch.testing.assert_close(out.as_tensor(), expected.as_tensor())
+    small = MetaTensor(torch.rand(1, 40, 40, 3))
+    assert SlabAntiAliasd("image", 48)({"image": small})["image"] is small
+
+
+def test_slab_wise_inversion_equals_the_whole(case):
+    pre, data, logits, _ = case
+    whole = InvertLabelsd(pre, prob_key="prob", slab=64)({"pred": logits.clone(), **data})
+    slabs = InvertLabelsd(pre, prob_key="prob", slab=2)({"pred": logits.clone(), **data})
+    assert len(InvertLabelsd(pre, slab=2)._slabs(dict(data), logits)) == 4  # 7 slices
+    for key in ("pred", "prob"):
+        assert torch.equal(slabs[key].as_tensor(), whole[key].as_tensor())
+        np.testing.assert_allclose(slabs[key].affine.numpy(), whole[key].affine.numpy())
