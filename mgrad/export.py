@@ -1,5 +1,6 @@
 """``python -m mgrad export-bundle``: the bundle as a zip that ``monai.bundle download`` and MONAI Label take."""
 
+import inspect
 import json
 import tempfile
 import zipfile
@@ -10,6 +11,7 @@ from typing import Any
 import mgrad
 from mgrad.bundle import STANDALONE_CONFIGS, default_bundle_root, standalone_config
 from mgrad.bundle_metadata import exported_metadata, large_files_yaml, md5sum
+from mgrad.errors import unknown_options
 from mgrad.writers import atomic_path
 
 __all__ = ["export_bundle", "BUNDLE_NAME"]
@@ -112,7 +114,9 @@ def export_bundle(
     model = root / "models" / "model.pt"
     with_model = include_model and model.is_file()
     if overrides and (eval_dataset is None or not with_model):
-        raise ValueError(f"options {sorted(overrides)} go to the evaluation: pass --eval_dataset with a trained model")
+        arguments = [name for name in inspect.signature(export_bundle).parameters if name != "overrides"]
+        what = "an argument of this command (bundle ids go to the evaluation: --eval_dataset, with a trained model)"
+        raise unknown_options(overrides, arguments, what)
     report, evaluation = None, None
     if with_model and eval_dataset is not None:
         report = _evaluate(root, eval_dataset, eval_dataset_dir, eval_split, eval_protocol, overrides)

@@ -81,5 +81,5 @@ def test_reproduce_options_go_to_the_runs_that_read_them(bundle):
     options = {"optimizer_name": "sgd", "fast": False, "preset": "paper", "seed": 1}
     assert split_overrides(options, runs) == [
         {"optimizer_name": "sgd", "preset": "paper", "seed": 1},
-        {"fast": False, "preset": "paper"},
+        {"fast": False, "preset": "paper", "seed": 1},  # the seed of the patient split of --folds too
     ]
