@@ -24,10 +24,17 @@ def foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_predictions_keep_each_volumes_geometry(trained_bundle, phantom_dir, tmp_path):
-    out = tmp_path / "preds"
-    result = infer(trained_bundle, phantom_dir / "imagesTr", out)
-    assert result.returncode == 0, result.stderr[-3000:]
     images = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))
+    # the same volumes stored in RAS voxel order: the pipeline sees the same arrays, so the predictions must be the
+    # same voxels, each written back in its own file's order (the phantoms are oblique, flipped and anisotropic)
+    canonical = tmp_path / "canonical"
+    canonical.mkdir()
+    for image_path in images:
+        nib.save(nib.as_closest_canonical(nib.load(image_path)), canonical / image_path.name)
+    out, out_canonical = tmp_path / "preds", tmp_path / "preds_canonical"
+    for folder, predictions in ((phantom_dir / "imagesTr", out), (canonical, out_canonical)):
+        result = infer(trained_bundle, folder, predictions)
+        assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(out.glob("*_seg.nii.gz"))) == len(images) == 6
     assert not list(out.glob(".*")), "temporary files were left behind"
     for image_path in images:
@@ -35,12 +42,15 @@ def test_predictions_keep_each_volumes_geometry(trained_bundle, phantom_dir, tmp
         pred = nib.load(out / image_path.name.replace(".nii.gz", "_seg.nii.gz"))
         label = np.asarray(nib.load(phantom_dir / "labelsTr" / image_path.name).dataobj)
         assert pred.shape == image.shape
-        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)  # oblique, flipped, anisotropic
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
         values = np.asarray(pred.dataobj)
         assert pred.get_data_dtype() == np.uint8 and set(np.unique(values)) <= set(range(9))
-        # aligned voxel for voxel: the body's organs overlap the labels far better than a mirrored copy does
-        aligned, mirrored = foreground_dice(values, label), foreground_dice(values[::-1], label)
-        assert aligned > 0.35 and aligned > mirrored + 0.2, (aligned, mirrored)
+        pred_canonical = nib.load(out_canonical / image_path.name.replace(".nii.gz", "_seg.nii.gz"))
+        reoriented = nib.as_closest_canonical(pred)
+        np.testing.assert_allclose(reoriented.affine, pred_canonical.affine, atol=1e-4)
+        np.testing.assert_array_equal(np.asarray(reoriented.dataobj), np.asarray(pred_canonical.dataobj))
+        # and where the organs are: the trained model's foreground overlaps the labels (0.50-0.63 measured)
+        assert foreground_dice(values, label) > 0.35
 
 
 def test_bad_volumes_are_reported_and_the_others_processed(trained_bundle, phantom_dir, tmp_path):

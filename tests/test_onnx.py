@@ -40,7 +40,7 @@ def onnx_bundle(trained_bundle, tmp_path_factory):
     args += ["--ckpt_file", str(root / "models" / "model.pt")]
     configs = json.dumps([str(root / "configs/common.json"), str(root / "configs/inference.json")])
     args += ["--meta_file", str(root / "configs/metadata.json"), "--config_file", configs]
-    args += ["--input_shape", "[2, 1, 48, 48]", "--converter_kwargs", json.dumps(CONVERTER_KWARGS)]
+    args += ["--input_shape", "[2, 1, 48, 48]", "--converter_kwargs", repr(CONVERTER_KWARGS)]  # a Python literal
     result = run_cli(args + cli_args({"bundle_root": str(root), "size": TINY}))
     assert result.returncode == 0, result.stderr[-3000:]
     return path
