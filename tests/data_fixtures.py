@@ -55,3 +55,26 @@ def write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> Path:
         f.create_dataset("image", data=image)
         f.create_dataset("label", data=label)
     return path
+
+
+def link_acdc_subset(root: Path, training_volumes: int, num_slices: int, splits: dict[str, list[int]]) -> Path:
+    """The shared ACDC folder's SSL4MIS layout under ``root`` with the first ``num_slices`` training slices of its first
+    ``training_volumes`` training volumes, and for each split list (e.g. ``{"val": [0], "test": [1]}``) the volumes of
+    ``val.list`` at those positions (links, nothing copied); skips the test where the data are absent."""
+    source = shared_data_dir() / "ACDC_SSL4MIS_h5"
+    if not (source / "volumes").is_dir():
+        pytest.skip(f"real ACDC h5 data not available at {source}")
+    (root / "slices").mkdir(parents=True)
+    (root / "volumes").mkdir()
+    train = (source / "train.list").read_text().split()[:training_volumes]
+    slices = sorted(p for p in (source / "slices").iterdir() if p.name.rsplit("_slice_", 1)[0] in train)
+    for path in slices[:num_slices]:
+        os.symlink(path, root / "slices" / path.name)
+    (root / "train.list").write_text("\n".join(train) + "\n")
+    volumes = (source / "val.list").read_text().split()
+    for split, positions in splits.items():
+        names = [volumes[i] for i in positions]
+        for name in names:
+            os.symlink(source / "volumes" / f"{name}.h5", root / "volumes" / f"{name}.h5")
+        (root / f"{split}.list").write_text("\n".join(names) + "\n")
+    return root

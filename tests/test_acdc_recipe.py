@@ -1,33 +1,17 @@
 """The ACDC recipe (``--dataset acdc_h5``) on a handful of real slices and volumes, so that it cannot rot."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from bundle_fixtures import TINY, cli_args, copy_bundle, run_cli
-from data_fixtures import shared_data_dir
+from data_fixtures import link_acdc_subset
 
 
 @pytest.fixture
 def small_acdc(tmp_path: Path) -> Path:
     """The shared folder's layout with 24 real training slices and 2 validation volumes (links, nothing copied)."""
-    source = shared_data_dir() / "ACDC_SSL4MIS_h5"
-    if not (source / "volumes").is_dir():
-        pytest.skip(f"real ACDC h5 data not available at {source}")
-    root = tmp_path / "acdc"
-    (root / "slices").mkdir(parents=True)
-    (root / "volumes").mkdir()
-    train = (source / "train.list").read_text().split()[:2]
-    slices = sorted(p for p in (source / "slices").iterdir() if p.name.rsplit("_slice_", 1)[0] in train)[:24]
-    for path in slices:
-        os.symlink(path, root / "slices" / path.name)
-    val = (source / "val.list").read_text().split()[:2]
-    for name in val:
-        os.symlink(source / "volumes" / f"{name}.h5", root / "volumes" / f"{name}.h5")
-    (root / "train.list").write_text("\n".join(train) + "\n")
-    (root / "val.list").write_text("\n".join(val) + "\n")
-    return root
+    return link_acdc_subset(tmp_path / "acdc", 2, 24, {"val": [0, 1]})
 
 
 def test_acdc_recipe_trains_and_evaluates(small_acdc, tmp_path):

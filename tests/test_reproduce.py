@@ -1,12 +1,11 @@
 """``mgrad reproduce``: a tiny run on real ACDC data gives the table with the paper's row and both protocol rows."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from bundle_fixtures import TINY, copy_bundle
-from data_fixtures import shared_data_dir
+from data_fixtures import link_acdc_subset
 
 from mgrad.reproduce import detect_layout, reproduce
 
@@ -14,23 +13,7 @@ from mgrad.reproduce import detect_layout, reproduce
 @pytest.fixture
 def tiny_acdc(tmp_path: Path) -> Path:
     """The SSL4MIS layout with 12 real training slices, one validation and one test volume (links, nothing copied)."""
-    source = shared_data_dir() / "ACDC_SSL4MIS_h5"
-    if not (source / "volumes").is_dir():
-        pytest.skip(f"real ACDC h5 data not available at {source}")
-    root = tmp_path / "acdc"
-    (root / "slices").mkdir(parents=True)
-    (root / "volumes").mkdir()
-    train = (source / "train.list").read_text().split()[:1]
-    slices = sorted(p for p in (source / "slices").iterdir() if p.name.rsplit("_slice_", 1)[0] in train)[:12]
-    for path in slices:
-        os.symlink(path, root / "slices" / path.name)
-    val, test = (source / "val.list").read_text().split()[:2]
-    for name in (val, test):
-        os.symlink(source / "volumes" / f"{name}.h5", root / "volumes" / f"{name}.h5")
-    (root / "train.list").write_text("\n".join(train) + "\n")
-    (root / "val.list").write_text(val + "\n")
-    (root / "test.list").write_text(test + "\n")
-    return root
+    return link_acdc_subset(tmp_path / "acdc", 1, 12, {"val": [0], "test": [1]})
 
 
 def test_reproduce_writes_the_table(tiny_acdc, tmp_path, one_thread):
