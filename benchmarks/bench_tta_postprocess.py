@@ -28,12 +28,11 @@ def segment(items, network, preset, spatial_size, tta, device, info):
     import torch
     from monai.data import MetaTensor
 
+    from mgrad.data.loading import load_ras, relabel
     from mgrad.ensemble import SoftmaxEnsemble
     from mgrad.inferers import VolumeSliceInferer
-    from mgrad.metrics import relabel
     from mgrad.transforms import volume_transforms
     from mgrad.transforms.invert import InvertLabelsd
-    from mgrad.transforms.io import load_ras
 
     pre = volume_transforms(info["preset"], spatial_size, with_label=False)
     inferer = VolumeSliceInferer((spatial_size, spatial_size), sw_batch_size=32, fast=False)
@@ -44,7 +43,7 @@ def segment(items, network, preset, spatial_size, tta, device, info):
         with torch.inference_mode():
             logits = inferer(data["image"][None].to(device), model)[0].cpu()
         labels = InvertLabelsd(pre)({"pred": MetaTensor(logits), "image": data["image"]})["pred"]
-        gt = load_ras(["label"])({"label": item["label"]})["label"]
+        gt = load_ras(item["label"], "label")
         spacing = tuple(float(s) for s in np.linalg.norm(gt.affine.numpy()[:3, :3], axis=0))
         gt = relabel(gt.numpy()[0].round().astype(np.int64), info["label_map"])
         out.append((labels.numpy()[0].astype(np.uint8), gt.astype(np.uint8), spacing))
