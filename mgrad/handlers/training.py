@@ -90,7 +90,7 @@ class TrainingHistory:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._continue)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_loss)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._record_epoch)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._append)
         engine.add_event_handler(Events.COMPLETED, self._record_final_validation)
 
     def _continue(self, engine: Engine) -> None:
@@ -119,9 +119,6 @@ class TrainingHistory:
         self.history[self.metric_name].append(self._validated_metric(engine))
         self._losses = []
         self._write()
-
-    def _record_epoch(self, engine: Engine) -> None:
-        self._append(engine)
 
     def _record_final_validation(self, engine: Engine) -> None:
         """After the last epoch: a validation run by :class:`ValidateAtEnd` fills that epoch's entry, or, where the
