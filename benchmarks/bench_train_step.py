@@ -17,7 +17,11 @@ activation checkpointing of every encoder stage, RFB and decoder (``MGRADUNet(ch
 of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``); ``fbsplit``/``fbautocast``:
 ``MGRADUNet(feedback_precision="split"/"autocast")`` in place of the default ``"full"`` (which part computes in float32
 under ``amp``; see ``bench_feedback_precision.py``); ``bf16`` bfloat16 autocast on CUDA too (no gradient scaler);
-``fused`` the fused AdamW (``torch.optim.AdamW(fused=True)``), which also skips a non-finite step on the device.
+``fused`` the fused AdamW (``torch.optim.AdamW(fused=True)``), which also skips a non-finite step on the device;
+``compile`` regional compilation (:func:`mgrad.networks.compile_regions`, Inductor), ``cudagraphs`` the same in
+``torch.compile``'s ``reduce-overhead`` mode (CUDA graphs). A compiled configuration runs twice, each in a fresh
+process: "first step s" of the first run is the warm-up with a cold cache (``--warmup`` should cover the
+compilation), "cached first step s" that of the second run, which compiles from Inductor's on-disk cache.
 ``--json PATH`` writes the results (and the machine line) to a JSON file.
 """
 
@@ -54,7 +58,7 @@ def run_config(config: str, batch: int, size: int, warmup: int, steps: int, thre
 
     from mgrad.engines import MGRADTrainer
     from mgrad.losses import MGRADLoss
-    from mgrad.networks import MGRADUNet
+    from mgrad.networks import MGRADUNet, compile_regions
 
     if threads:
         torch.set_num_threads(threads)
@@ -64,6 +68,8 @@ def run_config(config: str, batch: int, size: int, warmup: int, steps: int, thre
     checkpointing = "all" if "ckpt" in options else "rfb" if "rfbckpt" in options else "none"
     feedback_precision = "split" if "fbsplit" in options else "autocast" if "fbautocast" in options else "full"
     network = MGRADUNet(2, 1, 9, checkpointing=checkpointing, feedback_precision=feedback_precision).to(device)
+    if options & {"compile", "cudagraphs"}:
+        compile_regions(network, mode="reduce-overhead" if "cudagraphs" in options else None)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4, fused="fused" in options or None)
     data = [make_batch(batch, size)] * (warmup + steps)
     trainer = MGRADTrainer(
@@ -136,8 +142,13 @@ def main() -> None:
             run_config, config, args.batch, args.size, args.warmup, args.steps, args.threads
         )
         r = results[config]
+        if {"compile", "cudagraphs"} & set(config.split("+")):
+            again = in_fresh_process(run_config, config, args.batch, args.size, args.warmup, args.steps, args.threads)
+            r["cached_first_step_seconds"] = again["all_seconds"][0]
         steps = ", ".join(f"{t:.2f}" for t in r["all_seconds"])
-        print(f"  {config}: {steps} s; peak {r['peak_mib']:.0f} MiB", flush=True)
+        cached = r.get("cached_first_step_seconds")
+        cached = "" if cached is None else f"; cached first step {cached:.1f} s"
+        print(f"  {config}: {steps} s; peak {r['peak_mib']:.0f} MiB{cached}", flush=True)
     plain = results["plain"]
     print()
     print(

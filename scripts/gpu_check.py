@@ -10,7 +10,8 @@ time loses nothing of the others.
 
 Parts: ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training
 step of every precision mode, paper widths, batch 12, 224x224, channels-last), ``train_step``
-(benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings), ``inference``
+(benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings), ``compile`` (the same with
+regional compilation, each compiled configuration run twice: cold and from Inductor's cache), ``inference``
 (benchmarks/bench_inference.py: per-slice speed at batch 12, random weights, then on the trained weights of
 ``reproduce`` for the label agreement), ``reproduce`` (the paper preset on the packed ACDC data for
 ``--train-seconds``, evaluated under both test protocols, then ``mgrad infer`` over the test volumes, timed end to
@@ -92,6 +93,11 @@ def main() -> None:
         command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
         result = run(out, "train_step", command + ["--json", str(out / "train_step.json")], 200)
         record("train_step", {**result, "result": read_json(out / "train_step.json")})
+    if "compile" in args.parts:
+        configs = ["plain", "bf16+cl+fused+compile", "amp+cl+fused+compile"]
+        command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
+        result = run(out, "compile", command + ["--json", str(out / "compile.json")], 420)
+        record("compile", {**result, "result": read_json(out / "compile.json")})
     data, runs = Path("/tmp/acdc"), Path("/tmp/reproduce_acdc")
     if "reproduce" in args.parts:
         result = run(out, "unpack", [py, args.unpack, args.acdc_pack, str(data)], 120)

@@ -1,6 +1,7 @@
 """MGRAD-UNet and its building blocks as MONAI-style networks."""
 
 from mgrad.networks.blocks import DifferentialDecoder, ReceptiveFieldBlock, ResidualEncoderStage, SideHeads
+from mgrad.networks.compile import compile_regions
 from mgrad.networks.mgrad_unet import MGRADOutput, MGRADUNet, MGRADUnet, MgradUNet
 
 __all__ = [
@@ -12,4 +13,5 @@ __all__ = [
     "ReceptiveFieldBlock",
     "DifferentialDecoder",
     "SideHeads",
+    "compile_regions",
 ]

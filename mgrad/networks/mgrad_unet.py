@@ -201,6 +201,12 @@ class MGRADUNet(nn.Module):
         return MGRADOutput(pred1, pred2, features1, features2, self.side_heads(features1))
 
     @torch.jit.unused
+    @torch.jit.unused
+    def regions(self) -> list[nn.Module]:
+        """The blocks that :func:`mgrad.networks.compile_regions` compiles one by one: each encoder stage, each
+        receptive field block, both decoders and the side heads (every parameter lies in exactly one of them)."""
+        return [*self.encoder, *self.rfbs, self.msd, self.grad, self.side_heads]
+
     def _block(self, block: nn.Module, checkpointed_by: str, *args: Any) -> Any:
         """``block(*args)``, checkpointed in training where ``checkpointing`` is ``"all"`` or ``checkpointed_by``."""
         if self.checkpointing in ("all", checkpointed_by) and self.training and torch.is_grad_enabled():

@@ -1,0 +1,66 @@
+"""Regional compilation: each region of MGRAD-UNet compiles without a graph break and computes what eager mode does,
+in training (feedback passes, bfloat16 autocast with the feedback kept in float32) and in the bundle's network."""
+
+import copy
+import os
+
+import pytest
+import torch
+from bundle_fixtures import REPO, config_files, tiny_overrides
+
+from mgrad.inferers import fold_batch_norms
+from mgrad.losses import MGRADLoss
+from mgrad.networks import MGRADUNet, compile_regions
+
+SMALL = {"features": (4, 8, 16), "rfb_channels": 4}
+
+
+def two_passes(net: MGRADUNet, x: torch.Tensor, target: torch.Tensor, amp: bool) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out = net(x)
+        loss = MGRADLoss()(out, target)
+        out = net(x, net.feedback_from(out))
+        return loss + MGRADLoss()(out, target)
+
+
+def test_regions_hold_every_parameter_once():
+    net = MGRADUNet(2, 1, 3, **SMALL)
+    in_regions = [id(p) for region in net.regions() for p in region.parameters()]
+    assert sorted(in_regions) == sorted(id(p) for p in net.parameters())
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_compiled_regions_train_as_eager(amp):
+    torch.manual_seed(0)
+    eager = MGRADUNet(2, 1, 3, **SMALL)
+    compiled = compile_regions(copy.deepcopy(eager), backend="eager", fullgraph=True)  # a graph break fails
+    assert all(getattr(region, "_compiled_call_impl", None) is not None for region in compiled.regions())
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    target = torch.randint(0, 3, (2, 1, 32, 32))
+    losses = [two_passes(net, x, target, amp) for net in (eager, compiled)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
+    # validation folds the batch norms of a copy, as with an eager network
+    eager.eval(), compiled.eval()
+    torch.testing.assert_close(fold_batch_norms(compiled)(x), eager(x), rtol=1e-4, atol=1e-5)
+
+
+def test_bundle_network_compiled_on_request(tmp_path, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test
+
+    parser = ConfigParser()
+    parser.read_config(config_files(REPO / "bundle", "train"))
+    cache = tmp_path / "cache"
+    for key, value in tiny_overrides(tmp_path, tmp_path / "data").items():
+        parser[key] = value
+    assert not parser.get_parsed_content("compile")
+    parser["compile"], parser["compile_backend"], parser["compile_cache_dir"] = True, "eager", str(cache)
+    network = parser.get_parsed_content("network")
+    assert all(getattr(region, "_compiled_call_impl", None) is not None for region in network.regions())
+    assert cache.is_dir() and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
