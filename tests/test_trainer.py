@@ -5,7 +5,7 @@ import torch
 from ignite.engine import Events
 from monai.handlers import StatsHandler, from_engine
 
-from mgrad.engines import MGRADTrainer, NonFiniteLossError
+from mgrad.engines import MGRADTrainer, NonFiniteLossError, seed_training
 from mgrad.losses import MGRADLoss
 from mgrad.networks import MGRADUNet
 
@@ -147,3 +147,16 @@ def test_rejects_bad_options():
         make_trainer(RecordingNet(), toy_batches(1), feedback_passes=0)
     with pytest.raises(ValueError, match="accumulation"):
         make_trainer(RecordingNet(), toy_batches(1), accumulation_steps=2)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_seed_training_seeds_and_chooses_cudnn_algorithms(deterministic, monkeypatch):
+    for flag in ("deterministic", "benchmark"):  # restored after the test
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
+    draws = []
+    for _ in range(2):
+        seed_training(3, deterministic)
+        draws.append(torch.rand(4))
+        assert torch.backends.cudnn.deterministic is deterministic
+        assert torch.backends.cudnn.benchmark is not deterministic
+    assert torch.equal(draws[0], draws[1])

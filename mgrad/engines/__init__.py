@@ -1,6 +1,7 @@
 """Engines for MGRAD-UNet: the gated-feedback trainer and a failure-tolerant whole-volume evaluator."""
 
 from mgrad.engines.evaluator import CaseFailures, TolerantDataset, VolumeEvaluator, raise_for_failures
+from mgrad.engines.seeding import seed_training
 from mgrad.engines.trainer import MGRADTrainer, NonFiniteLossError
 
 __all__ = [
@@ -10,4 +11,5 @@ __all__ = [
     "TolerantDataset",
     "VolumeEvaluator",
     "raise_for_failures",
+    "seed_training",
 ]
