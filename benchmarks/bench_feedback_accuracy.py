@@ -79,18 +79,22 @@ def run_one(args: argparse.Namespace, mode: str, seed: int, threads: int) -> dic
 
 
 def table(results: list[dict], modes: list[str]) -> str:
-    """Markdown: per mode the seeds' validation mean Dice, their mean and the mean training time."""
+    """Markdown: per mode the seeds' validation mean Dice, their mean, the mean difference from the first mode at
+    the same seeds (the same initial weights and data order: a paired comparison) and the mean training time."""
     seeds = sorted({r["seed"] for r in results})
-    head = "| mode | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | train s/run |"
-    lines = [head, "|" + "---|" * (len(seeds) + 3)]
+    dice = {(r["mode"], r["seed"]): r["val_mean_dice"] for r in results}
+    head = "| mode | " + " | ".join(f"seed {s}" for s in seeds) + f" | mean | vs {modes[0]}, paired | train s/run |"
+    lines = [head, "|" + "---|" * (len(seeds) + 4)]
     for mode in modes:
-        rows = {r["seed"]: r for r in results if r["mode"] == mode}
+        rows = [r for r in results if r["mode"] == mode]
         if not rows:
             continue
-        dice = [rows[s]["val_mean_dice"] for s in seeds if s in rows]
-        cells = [f"{rows[s]['val_mean_dice']:.4f}" if s in rows else "" for s in seeds]
-        seconds = statistics.mean(r["train_seconds"] for r in rows.values())
-        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {statistics.mean(dice):.4f} | {seconds:.0f} |")
+        cells = [f"{dice[mode, s]:.4f}" if (mode, s) in dice else "" for s in seeds]
+        mean = statistics.mean(r["val_mean_dice"] for r in rows)
+        paired = [dice[mode, s] - dice[modes[0], s] for s in seeds if (mode, s) in dice and (modes[0], s) in dice]
+        delta = f"{statistics.mean(paired):+.4f}" if paired and mode != modes[0] else ""
+        seconds = statistics.mean(r["train_seconds"] for r in rows)
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {mean:.4f} | {delta} | {seconds:.0f} |")
     return "\n".join(lines)
 
 

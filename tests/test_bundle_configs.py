@@ -82,3 +82,31 @@ def test_unknown_override_is_named_with_the_closest_ids():
     check_overrides(parser, ["epochs", "train#dataloader#num_workers", "size"])
     with pytest.raises(UnknownOptionError, match=r"--epoch \(did you mean --epochs"):
         check_overrides(parser, ["epoch"])
+
+
+@pytest.mark.parametrize("every_slice", [False, True])
+def test_monai_label_overrides_reach_the_training_run(every_slice, tmp_path, phantom_dir):
+    """What MONAI Label's BundleTrainTask sets on the standalone train.json: ``device`` as a string, and the data
+    lists of its datastore as ``train#dataset#data`` and ``validate#dataset#data``."""
+    root = copy_bundle(tmp_path / "bundle")
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(standalone_config(root, "train")))
+    cases = json.loads((phantom_dir / "dataset.json").read_text())["training"]
+    data = [{k: str(phantom_dir / case[k]) for k in ("image", "label")} for case in cases]
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    overrides = {
+        "bundle_root": str(root),
+        "dataset_dir": str(phantom_dir),
+        "device": "cpu",
+        "every_slice_epoch": every_slice,
+        "train#dataset#data": data[:2],
+        "validate#dataset#data": data[2:3],
+        "train#trainer#max_epochs": 1,
+    }
+    parser.update(overrides)
+    trainer = parser.get_parsed_content("train#trainer")
+    dataset = parser.get_parsed_content("train#dataset")
+    assert len(dataset) == (2 * 12 if every_slice else 2)  # every slice of both volumes, or both volumes
+    assert len(parser.get_parsed_content("validate#dataset")) == 1
+    assert trainer.state.max_epochs == 1 and not parser.get_parsed_content("channels_last")

@@ -7,7 +7,7 @@ from mgrad.data.datasets import DATASETS, DatasetSpec, dataset_info, get_datalis
 from mgrad.data.dicom import DicomSeriesReader
 from mgrad.data.errors import DataError, MissingSplitError
 from mgrad.data.readers import H5Reader, NpzReader, image_readers
-from mgrad.data.slice_dataset import SliceDataset
+from mgrad.data.slice_dataset import SliceDataset, training_dataset
 from mgrad.data.synapse import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, synapse_datalist, synapse_transunet_datalist
 from mgrad.data.synthetic import make_dataset
 from mgrad.data.volumes import VOLUME_SUFFIXES, volume_datalist
@@ -38,6 +38,7 @@ __all__ = [
     "synapse_datalist",
     "synapse_transunet_datalist",
     "synthetic_datalist",
+    "training_dataset",
     "volume_datalist",
     "VOLUME_SUFFIXES",
 ]

@@ -1,4 +1,5 @@
-"""``SliceDataset``: every slice of every volume is one item, on top of a cache of preprocessed volumes."""
+"""``SliceDataset``: every slice of every volume is one item, on top of a cache of preprocessed volumes; and the
+bundle's training dataset, which is either that or a cache of volumes with random slice sampling."""
 
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -7,7 +8,7 @@ from monai.data import CacheDataset
 from monai.transforms import apply_transform
 from torch.utils.data import Dataset
 
-__all__ = ["SliceDataset"]
+__all__ = ["SliceDataset", "training_dataset"]
 
 
 class SliceDataset(Dataset):
@@ -61,3 +62,34 @@ class SliceDataset(Dataset):
     def __getitem__(self, i: int) -> Any:
         v, z = self.index[i]
         return apply_transform(self.slice_transform, {**self.volumes[v], "volume_index": v, "slice_index": z})
+
+
+def training_dataset(
+    data: Sequence[dict],
+    transform: Sequence[Callable] | Callable,
+    slice_transform: Callable | None = None,
+    every_slice: bool = False,
+    num_workers: int | None = 1,
+) -> Dataset:
+    """The bundle's training dataset (``train#dataset``), one entry for both sampling protocols, so that its datalist
+    is ``train#dataset#data`` (the id MONAI Label replaces with its datastore's volumes).
+
+    Args:
+        data: datalist of ``{"image": ..., "label": ...}`` dicts.
+        transform: with ``every_slice``, the deterministic volume preprocessing of :class:`SliceDataset`; otherwise
+            the whole chain, random slice sampling included (cached up to its first random transform).
+        slice_transform: per slice, with ``every_slice`` (see :class:`SliceDataset`); unused otherwise.
+        every_slice: every slice once per epoch (the published protocol) or the volumes, sampled by ``transform``.
+        num_workers: threads that fill the cache.
+
+    Returns:
+        a :class:`SliceDataset` or a ``monai.data.CacheDataset``.
+
+    Example:
+        >>> ds = training_dataset(datalist, volume_chain, SelectSliced(("image", "label")), every_slice=True)
+    """
+    if every_slice:
+        if slice_transform is None:
+            raise ValueError("training_dataset(every_slice=True) needs a slice_transform that selects the slice.")
+        return SliceDataset(data, transform, slice_transform, num_workers=num_workers)
+    return CacheDataset(list(data), transform, cache_rate=1.0, copy_cache=False, num_workers=num_workers)
