@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 from monai.data.folder_layout import default_name_formatter
 
 from mgrad.errors import unknown_options
@@ -167,7 +168,11 @@ def _ids(config: Any, prefix: str = "") -> list[str]:
 
 
 def run_config(
-    names: Sequence[str], bundle_root: str | Path | None = None, run_id: str = "run", **overrides: Any
+    names: Sequence[str],
+    bundle_root: str | Path | None = None,
+    run_id: str = "run",
+    tracking: str | None = None,
+    **overrides: Any,
 ) -> ConfigWorkflow:
     """Run ``run_id`` of the bundle's ``common.json`` + ``configs/<name>.json`` files, merged in order.
 
@@ -177,6 +182,8 @@ def run_config(
         names: config names without ``.json`` (``["train"]``, ``["inference", "evaluate"]``, ...).
         bundle_root: the bundle folder; default :func:`default_bundle_root`.
         run_id: the config id of the expressions to run.
+        tracking: MONAI's experiment tracking, as ``monai.bundle run --tracking``: ``"mlflow"`` or a settings file;
+            its ids (``tracking_uri``, ``experiment_name``, ``run_name``, ...) are then valid overrides.
         overrides: config ids and their values; each must name an id of the merged configs.
 
     Returns:
@@ -189,14 +196,18 @@ def run_config(
     Example:
         >>> run_config(["train"], "bundle", epochs=1, device="cpu")  # doctest: +SKIP
     """
-    workflow = load_workflow(names, bundle_root, run_id, **overrides)
+    workflow = load_workflow(names, bundle_root, run_id, tracking, **overrides)
     workflow.run()
     workflow.finalize()
     return workflow
 
 
 def load_workflow(
-    names: Sequence[str], bundle_root: str | Path | None = None, run_id: str = "run", **overrides: Any
+    names: Sequence[str],
+    bundle_root: str | Path | None = None,
+    run_id: str = "run",
+    tracking: str | None = None,
+    **overrides: Any,
 ) -> ConfigWorkflow:
     """The initialized, not yet run, workflow of :func:`run_config` (same arguments and errors)."""
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
@@ -204,21 +215,34 @@ def load_workflow(
     if isinstance(device, str) and not device.startswith("$"):
         overrides["device"] = f"$torch.device('{device}')"
     config_files = bundle_configs(root, names)
-    check_overrides(merged_config(names, root), list(overrides))
+    tracking_ids = set(tracking_settings(tracking)["configs"]) if tracking else set()
+    check_overrides(merged_config(names, root), [key for key in overrides if key not in tracking_ids])
     workflow = ConfigWorkflow(
         config_file=config_files,
         meta_file=str(root / "configs" / "metadata.json"),
         logging_file=str(root / "configs" / "logging.conf"),
         run_id=run_id,
         bundle_root=str(root),
+        tracking=tracking,
         **overrides,
     )
     workflow.initialize()
     return workflow
 
 
+def tracking_settings(tracking: str) -> dict:
+    """MONAI's experiment-tracking settings named by ``tracking``: a known name (``"mlflow"``) or a settings file."""
+    if tracking in DEFAULT_EXP_MGMT_SETTINGS:
+        return DEFAULT_EXP_MGMT_SETTINGS[tracking]
+    return ConfigParser.load_config_files(tracking)
+
+
 def train(
-    bundle_root: str | None = None, multi_gpu: bool = False, configs: Sequence[str] = (), **overrides: Any
+    bundle_root: str | None = None,
+    multi_gpu: bool = False,
+    configs: Sequence[str] = (),
+    tracking: str | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Train MGRAD-UNet with the bundle's ``train.json`` (plus ``multi_gpu_train.json`` under torchrun).
 
@@ -234,13 +258,16 @@ def train(
         bundle_root: the bundle folder; default :func:`default_bundle_root`.
         multi_gpu: add ``multi_gpu_train.json`` (run under ``torchrun``).
         configs: more bundle configs layered on top.
+        tracking: ``"mlflow"`` (or a MONAI tracking settings file) records the run, its losses, its validation Dice
+            and the best model with MLflow; ``--tracking_uri``, ``--experiment_name`` and ``--run_name`` set where
+            and under which names (``pip install mgrad[tracking]``).
         overrides: config ids and their values.
 
     Returns:
         ``{"best_metric": best validation mean Dice, "best_metric_epoch": its epoch}``.
     """
     names = ["train", *config_names(configs), *(["multi_gpu_train"] if multi_gpu else [])]
-    workflow = run_config(names, bundle_root, **overrides)
+    workflow = run_config(names, bundle_root, tracking=tracking, **overrides)
     state = workflow.parser.get_parsed_content("validate#evaluator").state
     return {"best_metric": state.best_metric, "best_metric_epoch": state.best_metric_epoch}
 

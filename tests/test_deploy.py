@@ -54,11 +54,10 @@ def test_mlflow_tracking_records_params_losses_dice_and_best_model(phantom_dir, 
 
     root = copy_bundle(tmp_path / "bundle")
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"  # a local store; MONAI 1.6 refuses file:// with MLflow >= 3.13
-    configs = f"['{root}/configs/common.json','{root}/configs/train.json']"
-    args = ["-m", "monai.bundle", "run", "--config_file", configs, "--tracking", "mlflow"]
-    args += ["--tracking_uri", store, "--experiment_name", "mgrad_test"]
+    # mgrad train passes --tracking to MONAI's workflow as `python -m monai.bundle run --tracking mlflow` does
+    args = ["-m", "mgrad", "train", "--tracking", "mlflow", "--tracking_uri", store, "--experiment_name", "mgrad_test"]
     overrides = {"bundle_root": str(root), "dataset_dir": str(phantom_dir), "size": TINY, "epochs": 2}
-    overrides.update(val_interval=1, device="$torch.device('cpu')", dataset="synthetic")
+    overrides.update(val_interval=1, device="cpu", dataset="synthetic")
     result = run_cli(args + cli_args(overrides), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client = mlflow.MlflowClient(store)
