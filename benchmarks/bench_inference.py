@@ -200,7 +200,7 @@ def main() -> None:
             }
             for (name, _fast, calibrated), r in results.items()
         ]
-        args.json.write_text(json.dumps({"machine": machine_summary(args.threads), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine_summary(threads=args.threads), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

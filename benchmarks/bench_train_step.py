@@ -163,7 +163,7 @@ def main() -> None:
         )
     print("\nCPU s/step: the process's CPU time (all threads) per step; on a loaded machine steadier than wall time.")
     if args.json:
-        summary = {"machine": machine_summary(args.threads), "batch": args.batch, "size": args.size}
+        summary = {"machine": machine_summary(threads=args.threads), "batch": args.batch, "size": args.size}
         args.json.write_text(json.dumps({**summary, "configs": results}, indent=1))
 
 
