@@ -142,6 +142,29 @@ def test_non_finite_loss_skipped_on_device_by_a_fused_optimizer(step_per_pass):
     assert all(s["step"].item() == (3 if step_per_pass else 1) for s in trainer.optimizer.state.values())
 
 
+def test_fused_optimizer_losses_checked_one_iteration_later_without_waiting():
+    """Each iteration's losses are checked at the end of the next one: iteration 3 is queued (and its finite steps
+    applied) before iteration 2's non-finite loss is read, and the error still names iteration 2."""
+    net = RecordingNet()
+    data = toy_batches(4)
+    data[1]["image"][0, 0, 0, 0] = float("nan")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, fused=True)
+    trainer = MGRADTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=optimizer,
+        loss_function=MGRADLoss(),
+    )
+    started = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: started.append(e.state.iteration))
+    with pytest.raises(NonFiniteLossError, match="epoch 1, iteration 2, feedback pass 1; .* were not applied"):
+        trainer.run()
+    assert started == [1, 2, 3]  # raised inside iteration 3; iteration 4 never ran
+    assert all(s["step"].item() == 6 for s in optimizer.state.values())  # 3 steps each in iterations 1 and 3
+
+
 def test_rejects_bad_options():
     with pytest.raises(ValueError, match="feedback_passes"):
         make_trainer(RecordingNet(), toy_batches(1), feedback_passes=0)

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
@@ -42,7 +43,9 @@ class MGRADTrainer(SupervisedTrainer):
 
     - with an optimizer that skips a step on the device (a fused one, e.g. ``torch.optim.AdamW(..., fused=True)``;
       recommended on CUDA) or with the float16 gradient scaler, every step with a non-finite loss is skipped on
-      the device and the error is raised at the end of the iteration (one synchronisation an iteration);
+      the device, and each iteration's losses are checked at the end of the next one (or of the epoch), once their
+      computation has finished while the next iteration was queued: the host never waits for the device in the
+      step. The error names the iteration whose loss was not finite;
     - otherwise on CPU (where reading a value costs no synchronisation) each pass's loss is checked before its step,
       which is then not applied;
     - otherwise on CUDA the losses are checked once at the end of the iteration: that iteration's steps are applied
@@ -90,6 +93,10 @@ class MGRADTrainer(SupervisedTrainer):
         self.grad_clip_norm = grad_clip_norm
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
+        self._unchecked: tuple[Tensor, int, int] | None = None  # (pass losses, epoch, iteration) not yet checked
+        # an epoch's last losses are checked when it ends (its skipped steps left the weights as they were)
+        self.add_event_handler(Events.EPOCH_COMPLETED, MGRADTrainer._check_unchecked)
+        self.add_event_handler(Events.COMPLETED, MGRADTrainer._check_unchecked)
 
     def run(self) -> None:
         """``SupervisedTrainer.run``; with ``amp`` on CPU without MONAI's warnings about its unused CUDA scaler."""
@@ -138,14 +145,26 @@ class MGRADTrainer(SupervisedTrainer):
         else:
             self.optimizer.step()
 
-    def _check_finite(self, losses: Tensor, first_pass: int) -> None:
-        """Raise :class:`NonFiniteLossError` if any of ``losses`` (passes ``first_pass``, ...) is not finite."""
+    def _check_unchecked(self) -> None:
+        """Check the losses of the last iteration that :meth:`_iteration` left unchecked (see the class docstring)."""
+        if self._unchecked is not None:
+            losses, epoch, iteration = self._unchecked
+            self._unchecked = None
+            self._check_finite(losses, 0, epoch, iteration)
+
+    def _check_finite(
+        self, losses: Tensor, first_pass: int, epoch: int | None = None, iteration: int | None = None
+    ) -> None:
+        """Raise :class:`NonFiniteLossError` if any of ``losses`` (passes ``first_pass``, ...) is not finite;
+        ``epoch`` and ``iteration`` (default: the current ones) name where they were computed."""
         if bool(torch.isfinite(losses).all()):
             return
         k = int((~torch.isfinite(losses)).nonzero()[0, 0])
         applied = not self._skips_on_device() and losses.numel() > 1
+        epoch = self.state.epoch if epoch is None else epoch
+        iteration = self.state.iteration if iteration is None else iteration
         raise NonFiniteLossError(
-            f"Loss is {losses[k].item()} at epoch {self.state.epoch}, iteration {self.state.iteration}, "
+            f"Loss is {losses[k].item()} at epoch {epoch}, iteration {iteration}, "
             f"feedback pass {first_pass + k + 1}; training stopped, "
             + (
                 "this iteration's steps are applied in memory and nothing is saved after this error "
@@ -195,7 +214,10 @@ class MGRADTrainer(SupervisedTrainer):
             engine._step(torch.stack(losses).sum())
 
         pass_losses = torch.stack([loss.detach() for loss in losses])
-        if not check_each_pass:
+        if engine._skips_on_device():  # this iteration's non-finite steps were skipped: check the previous one's
+            engine._check_unchecked()
+            engine._unchecked = (pass_losses, engine.state.epoch, engine.state.iteration)
+        elif not check_each_pass:
             engine._check_finite(pass_losses, 0)
         engine.state.output[Keys.PRED] = type(output)(*_detach(output)) if isinstance(output, tuple) else output
         engine.state.output[Keys.LOSS] = pass_losses.mean()
