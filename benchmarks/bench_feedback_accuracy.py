@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import machine_summary  # noqa: E402
 
+from mgrad.writers import write_json  # noqa: E402
+
 DEFAULT_MODES = ("fp32", "bf16/split", "bf16/autocast", "fp32/no-feedback")
 
 
@@ -127,10 +129,7 @@ def main() -> None:
             results.append(result)
             print(f"{result['mode']:<18} seed {result['seed']}: val mean Dice {result['val_mean_dice']:.4f} "
                   f"({result['train_seconds']:.0f} s)", flush=True)  # fmt: skip
-            summary = {"machine": machine, "settings": vars(args), "runs": results}
-            partial = results_path.with_suffix(".json.part")
-            partial.write_text(json.dumps(summary, indent=1))
-            partial.replace(results_path)
+            write_json(results_path, {"machine": machine, "settings": vars(args), "runs": results}, indent=1)
     print(table(results, args.modes))
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.transforms import KeepLargestConnectedComponent, MapTransform, RemoveSmallObjects
 
-from mgrad.writers import atomic_path
+from mgrad.writers import atomic_path, write_json
 
 __all__ = [
     "NO_RULE",
@@ -136,8 +136,7 @@ def choose_rules(
 
 def save_rules(path: str | os.PathLike, rules: Mapping[int, Mapping[str, Any]], **extra: Any) -> None:
     """Write ``rules`` (and ``extra`` entries, e.g. the Dice of each candidate) as JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"rules": {str(c): dict(r) for c, r in rules.items()}, **extra}, indent=2))
+    write_json(path, {"rules": {str(c): dict(r) for c, r in rules.items()}, **extra})
 
 
 def load_rules(path: str | os.PathLike) -> dict[int, dict[str, Any]]:

@@ -17,7 +17,7 @@ from mgrad.data.datasets import get_datalist
 from mgrad.data.errors import DataError
 from mgrad.hardware import machine_summary
 from mgrad.paper_table import PAPER_ROWS, format_markdown, measured_row
-from mgrad.writers import atomic_path
+from mgrad.writers import atomic_path, write_json
 
 __all__ = ["reproduce", "detect_layout", "BASELINES"]
 
@@ -60,11 +60,6 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_json(path: Path, value: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2) + "\n")
-
-
 class _Row:
     """One model's folder under the output: ``models/``, ``logs/``, ``timing.json``, ``test_<protocol>/``; and the
     settings of its training and of its evaluation, each run given the ``settings`` that name its config ids."""
@@ -99,9 +94,9 @@ def _train(row: _Row, budget: float | None, bundle_root: Path) -> None:
     spent = row.spent()
     remaining = None if budget is None else budget - spent
     if remaining is not None and remaining <= 0 and (row.models / "model.pt").is_file():
-        _write_json(row.timing_file, {**timing, "train_seconds": spent, "train_done": True, "attempt_start": None})
+        write_json(row.timing_file, {**timing, "train_seconds": spent, "train_done": True, "attempt_start": None})
         return
-    _write_json(row.timing_file, {**timing, "train_seconds": spent, "attempt_start": time.time()})
+    write_json(row.timing_file, {**timing, "train_seconds": spent, "attempt_start": time.time()})
     start = time.monotonic()
     run_config(
         ["train", *row.configs],
@@ -113,7 +108,7 @@ def _train(row: _Row, budget: float | None, bundle_root: Path) -> None:
         **row.train_settings,
     )
     timing = {**row.timing(), "train_seconds": spent + time.monotonic() - start, "train_done": True}
-    _write_json(row.timing_file, {**timing, "attempt_start": None})
+    write_json(row.timing_file, {**timing, "attempt_start": None})
 
 
 def _evaluate(row: _Row, protocol: str, bundle_root: Path) -> dict[str, Any]:
@@ -133,7 +128,7 @@ def _evaluate(row: _Row, protocol: str, bundle_root: Path) -> dict[str, Any]:
     )
     timing = row.timing()
     timing["eval_seconds"][protocol] = time.monotonic() - start
-    _write_json(row.timing_file, timing)
+    write_json(row.timing_file, timing)
     summary = json.loads((out / "metrics.json").read_text())
     if summary["errors"]:
         failed = "; ".join(summary["errors"].values())
@@ -209,7 +204,7 @@ def reproduce(
     saved = _read_json(out / "run.json")
     if saved is not None and {k: saved.get(k) for k in _RUN_KEYS} != json.loads(json.dumps(run)):
         raise ValueError(f"{out} holds a run with other settings ({out / 'run.json'}); choose another --output_dir")
-    _write_json(out / "run.json", run)
+    write_json(out / "run.json", run)
 
     hardware = machine_summary(device)
     rows = [dict(PAPER_ROWS[table])]
@@ -256,5 +251,5 @@ def reproduce(
               "notes": notes, "markdown": markdown}  # fmt: skip
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(markdown)
-    _write_json(out / "table.json", result)
+    write_json(out / "table.json", result)
     return result

@@ -1,14 +1,16 @@
 """Writing files so that a reader never sees half of one: a temporary name in the same folder, then a rename."""
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from monai.data import NibabelWriter
 
-__all__ = ["PROBABILITY_SCALE", "atomic_path", "AtomicNibabelWriter", "AtomicProbabilityWriter"]
+__all__ = ["PROBABILITY_SCALE", "atomic_path", "write_json", "AtomicNibabelWriter", "AtomicProbabilityWriter"]
 
 # probabilities are stored as uint16 steps of 1/PROBABILITY_SCALE (NIfTI has no float16)
 PROBABILITY_SCALE = 65535
@@ -32,6 +34,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: int = 2) -> None:
+    """Write ``value`` as JSON to ``path`` through :func:`atomic_path` (a reader sees the old file or the new one)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=indent) + "\n")
 
 
 class AtomicNibabelWriter(NibabelWriter):

@@ -1,6 +1,5 @@
 """Cross-validation folds of a dataset's training data, split by patient (seeded, reproducible)."""
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -11,7 +10,7 @@ import numpy as np
 
 from mgrad.data.datasets import get_datalist
 from mgrad.data.errors import DataError
-from mgrad.writers import atomic_path
+from mgrad.writers import write_json
 
 __all__ = ["fold_datalist", "patient_id", "split_folds", "write_split"]
 
@@ -117,6 +116,5 @@ def write_split(
         "training": fold_datalist(dataset, dataset_dir, "training", num_folds, fold, seed),
         "validation": fold_datalist(dataset, dataset_dir, "validation", num_folds, fold, seed),
     }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(split, indent=2))
+    write_json(path, split)
     return split

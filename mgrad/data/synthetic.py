@@ -10,7 +10,6 @@ spacing and a non-identity affine (x and y flipped as DICOM-derived NIfTI often 
 origin offset).
 """
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from mgrad.data.classes import SYNAPSE_CLASSES
-from mgrad.writers import atomic_path
+from mgrad.writers import atomic_path, write_json
 
 AORTA, GALLBLADDER, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, PANCREAS, SPLEEN, STOMACH = range(1, 9)
 # mean and texture amplitude (HU) of each organ; liver, spleen and pancreas overlap, so do kidney cortex and aorta
@@ -150,6 +149,5 @@ def make_dataset(
         "test": items[-num_val:],
     }
     path = out / "dataset.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(path, meta)
     return str(path)

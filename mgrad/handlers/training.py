@@ -8,7 +8,7 @@ from typing import Optional
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
-from mgrad.writers import atomic_path
+from mgrad.writers import write_json
 
 __all__ = ["TimeBudget", "TrainingHistory", "ValidateAtEnd"]
 
@@ -135,7 +135,6 @@ class TrainingHistory:
         if idist.get_rank() == 0:
             from mgrad.visualize import training_curves
 
-            with atomic_path(os.path.join(self.output_dir, "history.json")) as tmp:
-                tmp.write_text(json.dumps(self.history, indent=1))
+            write_json(os.path.join(self.output_dir, "history.json"), self.history, indent=1)
             training_curves({**self.history, "val_mean_dice": self.history[self.metric_name]},
                             os.path.join(self.output_dir, "curves.png"))  # fmt: skip

@@ -2,7 +2,6 @@
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mgrad.metrics.case import METRICS
-from mgrad.writers import atomic_path
+from mgrad.writers import atomic_path, write_json
 
 
 def summarize(
@@ -104,8 +103,7 @@ def write_report(summary: Mapping[str, Any], out_dir: str | os.PathLike, stem: s
     csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
     with atomic_path(csv_path) as tmp:
         tmp.write_text(text.getvalue(), newline="")
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    write_json(json_path, _json_safe(summary))
     return csv_path, json_path
 
 
