@@ -85,24 +85,13 @@ def test_probabilities_sum_to_one_and_match_the_labels_on_disk(case, tmp_path):
     pre, data, logits, path = case
     out = InvertLabelsd(pre, prob_key="prob")({"pred": logits.clone(), **data})
     assert out["prob"].dtype == torch.uint16 and out["prob"].shape == (4, 40, 36, 7)
-    SaveImaged(
-        "pred",
-        output_dir=tmp_path,
-        output_postfix="seg",
-        output_dtype=np.uint8,
-        separate_folder=False,
-        resample=False,
-        writer=AtomicNibabelWriter,
-    )(out)
-    SaveImaged(
-        "prob",
-        output_dir=tmp_path,
-        output_postfix="prob",
-        output_dtype=np.uint16,
-        separate_folder=False,
-        resample=False,
-        writer=AtomicProbabilityWriter,
-    )(out)
+    for key, postfix, dtype, writer in [
+        ("pred", "seg", np.uint8, AtomicNibabelWriter),
+        ("prob", "prob", np.uint16, AtomicProbabilityWriter),
+    ]:
+        save = SaveImaged(key, output_dir=tmp_path, output_postfix=postfix, output_dtype=dtype, writer=writer,
+                          separate_folder=False, resample=False)  # fmt: skip
+        save(out)
     seg, prob = nib.load(tmp_path / "case_seg.nii.gz"), nib.load(tmp_path / "case_prob.nii.gz")
     assert prob.shape == (40, 36, 7, 4)  # channels last, as the fourth dimension
     np.testing.assert_allclose(prob.affine, seg.affine, atol=1e-6)

@@ -31,6 +31,21 @@ def assert_matches_pytorch(onnx_path: Path, network: torch.nn.Module) -> None:
         assert (out - expected).abs().max().item() < 1e-3
 
 
+def segment_one_volume(root: Path, image: Path, out: Path, extra_configs: list, **settings) -> nib.Nifti1Image:
+    """The bundle's inference (``common`` + ``inference`` + ``extra_configs``) of ``image`` alone, into ``out``."""
+    from monai.bundle import run
+
+    inputs = out / "inputs"
+    inputs.mkdir(parents=True)
+    (inputs / image.name).symlink_to(image)
+    configs = root / "configs"
+    files = [str(configs / f) for f in ["common.json", "inference.json", *extra_configs]]
+    overrides = {"bundle_root": str(root), "dataset_dir": str(inputs), "output_dir": str(out), "size": dict(TINY)}
+    run("run", config_file=files, meta_file=str(configs / "metadata.json"), logging_file=False, fast=False,
+        **overrides, **settings)  # fmt: skip
+    return nib.load(out / image.name.replace(".nii.gz", "_seg.nii.gz"))
+
+
 @pytest.fixture(scope="module")
 def onnx_bundle(trained_bundle, tmp_path_factory):
     """The trained bundle's network exported with ``python -m monai.bundle onnx_export``, as the README says."""
@@ -59,20 +74,12 @@ def test_mgrad_export_onnx_matches_pytorch(trained_bundle, tmp_path):
 
 
 def test_inference_onnx_config_segments_like_pytorch(trained_bundle, onnx_bundle, phantom_dir, tmp_path):
-    from monai.bundle import run
-
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
     image = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))[0]
-    (inputs / image.name).symlink_to(image)
-    configs = trained_bundle / "configs"
-    preds = {}
-    for name, extra in [("torch", []), ("onnx", ["inference_onnx.json"])]:
-        files = [str(configs / f) for f in ["common.json", "inference.json", *extra]]
-        overrides = {"bundle_root": str(trained_bundle), "dataset_dir": str(inputs), "output_dir": str(tmp_path / name)}
-        overrides.update(size=dict(TINY), fast=False, onnx_path=str(onnx_bundle), device="$torch.device('cpu')")
-        run("run", config_file=files, meta_file=str(configs / "metadata.json"), logging_file=False, **overrides)
-        preds[name] = nib.load(tmp_path / name / image.name.replace(".nii.gz", "_seg.nii.gz"))
+    settings = {"onnx_path": str(onnx_bundle), "device": "$torch.device('cpu')"}
+    preds = {
+        name: segment_one_volume(trained_bundle, image, tmp_path / name, extra, **settings)
+        for name, extra in [("torch", []), ("onnx", ["inference_onnx.json"])]
+    }
     source = nib.load(image)
     assert preds["onnx"].shape == preds["torch"].shape == source.shape
     np.testing.assert_allclose(preds["onnx"].affine, source.affine, atol=1e-4)
@@ -84,8 +91,6 @@ def test_trt_export_and_inference_config(trained_bundle, phantom_dir, tmp_path):
     pytest.importorskip("torch_tensorrt", reason="TensorRT export needs torch_tensorrt (NVIDIA GPU machines)")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT export needs a CUDA GPU")
-    from monai.bundle import run
-
     root, configs = trained_bundle, trained_bundle / "configs"
     trt_path = tmp_path / "model_trt.ts"
     args = ["-m", "monai.bundle", "trt_export", "network_def", "--filepath", str(trt_path)]
@@ -96,14 +101,9 @@ def test_trt_export_and_inference_config(trained_bundle, phantom_dir, tmp_path):
     result = run_cli(args + cli_args({"bundle_root": str(root), "size": TINY}))
     assert result.returncode == 0, result.stderr[-3000:]
     image = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))[0]
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    (inputs / image.name).symlink_to(image)
-    preds = {}
-    for name, extra in [("torch", []), ("trt", ["inference_trt.json"])]:
-        files = [str(configs / f) for f in ["common.json", "inference.json", *extra]]
-        overrides = {"bundle_root": str(root), "dataset_dir": str(inputs), "output_dir": str(tmp_path / name)}
-        overrides.update(size=dict(TINY), fast=False, trt_path=str(trt_path), device="$torch.device('cuda')")
-        run("run", config_file=files, meta_file=str(configs / "metadata.json"), logging_file=False, **overrides)
-        preds[name] = np.asarray(nib.load(tmp_path / name / image.name.replace(".nii.gz", "_seg.nii.gz")).dataobj)
+    settings = {"trt_path": str(trt_path), "device": "$torch.device('cuda')"}
+    preds = {
+        name: np.asarray(segment_one_volume(root, image, tmp_path / name, extra, **settings).dataobj)
+        for name, extra in [("torch", []), ("trt", ["inference_trt.json"])]
+    }
     assert (preds["trt"] == preds["torch"]).mean() > 0.999
