@@ -105,9 +105,7 @@ def check_overrides(parser: ConfigParser, overrides: Sequence[str]) -> None:
         ...
         mgrad.errors.UnknownOptionError: unknown option --epoch (did you mean --epochs?): not a bundle config id
     """
-    error = unknown_options([key for key in overrides if key not in parser], _ids(parser.get()), "a bundle config id")
-    if error:
-        raise error
+    split_overrides(dict.fromkeys(overrides), [parser])
 
 
 def merged_config(names: Sequence[str], bundle_root: str | Path | None = None) -> ConfigParser:
