@@ -1,22 +1,30 @@
 """The one-line description of the machine a run used, for result tables and benchmark output."""
 
+import functools
 import os
 import platform
 from pathlib import Path
 
 import torch
 
-__all__ = ["machine_summary"]
+__all__ = ["cpuinfo_field", "machine_summary"]
 
 
-def _cpu_model() -> str:
+@functools.cache
+def cpuinfo_field(name: str) -> str:
+    """The first value of field ``name`` (``model name``, ``vendor_id``, ...) in /proc/cpuinfo; ``""`` where there is
+    none or the file cannot be read."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == name:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def _cpu_model() -> str:
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def _native_bf16() -> str:

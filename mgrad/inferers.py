@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from mgrad.hardware import cpuinfo_field
+
 __all__ = ["VolumeSliceInferer", "fast_path_available", "fold_batch_norms"]
 
 
@@ -26,17 +28,8 @@ def fast_path_available(device: torch.device) -> bool:
     if device.type == "cpu":
         if torch.cpu._is_amx_tile_supported():
             return True
-        return bool(torch.cpu._is_avx512_bf16_supported()) and _cpu_vendor() == "AuthenticAMD"
+        return bool(torch.cpu._is_avx512_bf16_supported()) and cpuinfo_field("vendor_id") == "AuthenticAMD"
     return False
-
-
-def _cpu_vendor() -> str:
-    """The CPU's vendor id from /proc/cpuinfo (``""`` where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
-    except OSError:
-        return ""
 
 
 def fold_batch_norms(network: nn.Module) -> nn.Module:
