@@ -1,18 +1,20 @@
 """Whole-volume inference speed and memory: a 224x224 volume of ``--slices`` slices (150 by default) through
 ``mgrad.inferers.VolumeSliceInferer`` (MONAI's SliceInferer over the last axis), fast path against plain fp32.
 
-    python benchmarks/bench_inference.py [--slices 150 --size 224 --sw-batch-size 1]
+    python benchmarks/bench_inference.py [--slices 150 --size 224 --sw-batch-size 1 --compile]
 
 Networks, all in eval mode with random weights (seed 0), in_channels 1, out_channels 9: the full-size MGRAD-UNet
 (widths 64..1024, RFB 64), and as baselines MONAI's ``BasicUNet`` (default features) and ``UNet`` (channels
 16..256, strides 2, 2 residual units), through the same inferer and the same pipeline. Each row runs in its own
 fresh process, under ``torch.inference_mode``: the network is warmed up on a 2-slice volume, then the whole volume is
 timed once. "plain" is ``VolumeSliceInferer(fast=False)`` (fp32); "fast" is the path ``fast=None`` picks on this
-machine (bfloat16 autocast + channels-last on CPUs with AMX/AVX512-BF16; float16 autocast + channels-last + cuDNN
-autotuning on CUDA). "vs mgrad plain" is the speed-up over the MGRAD-UNet plain row of the same run; "peak MiB" is
-the process's peak resident memory during the timed volume above its memory before (network and volume built;
-Linux /proc; on CUDA the peak allocated GPU memory). "same label" is the share of voxels whose argmax label equals
-the plain path's of the same network.
+machine (folded batch norms and channels-last; under bfloat16 autocast on CPUs with AMX and AMD CPUs with
+AVX512-BF16, "fast fp32" on other CPUs; float16 autocast + cuDNN autotuning on CUDA); with ``--compile``, "compiled"
+is the fast path compiled (``VolumeSliceInferer(compile=True)``), its compilation paid in the warm-up ("warm-up s").
+"vs mgrad plain" is the speed-up over the MGRAD-UNet plain row of the same run; "peak MiB" is the process's peak
+resident memory during the timed volume above its memory before (network and volume built; Linux /proc; on CUDA the
+peak allocated GPU memory). "same label" is the share of voxels whose argmax label equals the plain path's of the
+same network.
 
 With random weights many voxels have near-tied logits, which makes the label agreement a harsh test of the
 low-precision path; ``--calibrate`` first sets every batch norm's running statistics from a few train-mode forward
@@ -87,9 +89,12 @@ def calibrate(network, volume, slices_per_pass: int = 8, passes: int = 3) -> Non
     network.eval()
 
 
+PATHS = ("plain", "fast", "compiled")
+
+
 def run_row(
     name: str,
-    fast: bool,
+    path: str,
     size: int,
     slices: int,
     sw_batch_size: int,
@@ -109,7 +114,10 @@ def run_row(
     if calibrated:
         calibrate(network, volume)
     network.eval()
-    inferer = VolumeSliceInferer(roi_size=(size, size), sw_batch_size=sw_batch_size, fast=None if fast else False)
+    inferer = VolumeSliceInferer(
+        roi_size=(size, size), sw_batch_size=sw_batch_size, fast=False if path == "plain" else None,
+        compile=path == "compiled",
+    )  # fmt: skip
     used_fast = inferer.uses_fast_path(device)
     low_precision = inferer.uses_low_precision(device)
 
@@ -118,8 +126,10 @@ def run_row(
             torch.cuda.synchronize()
 
     with torch.inference_mode():
-        inferer(volume[..., :2], network)  # warm-up: kernel selection, weight layout, autotuning
+        start = time.perf_counter()
+        inferer(volume[..., :2], network)  # warm-up: kernel selection, weight layout, autotuning, compilation
         sync()
+        warmup = time.perf_counter() - start
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         base = start_memory()
@@ -135,6 +145,7 @@ def run_row(
         margin = (top2[:, 0] - top2[:, 1]).median().item()
     return {
         "seconds": seconds,
+        "warmup_seconds": warmup,
         "cpu_seconds": cpu_seconds,
         "peak_mib": peak,
         "labels": labels,
@@ -151,6 +162,7 @@ def main() -> None:
     parser.add_argument("--sw-batch-size", type=int, default=1, help="slices per network call")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--calibrate", action="store_true", help="also the MGRAD-UNet rows with calibrated BN")
+    parser.add_argument("--compile", action="store_true", help="also the compiled fast path of each network")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--checkpoint", default=None, help="trained MGRAD-UNet weights (model.pt) instead of random")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
@@ -160,32 +172,35 @@ def main() -> None:
         f"volume 1x1x{args.size}x{args.size}x{args.slices} through VolumeSliceInferer(sw_batch_size="
         f"{args.sw_batch_size}), torch.inference_mode, random weights; each row in a fresh process"
     )
-    rows = [(n, False, False) for n in args.networks] + [(n, True, False) for n in args.networks]
+    paths = PATHS if args.compile else PATHS[:2]
+    rows = [(n, path, False) for path in paths for n in args.networks]
     if args.calibrate and "MGRADUNet" in args.networks:
-        rows += [("MGRADUNet", False, True), ("MGRADUNet", True, True)]
+        rows += [("MGRADUNet", path, True) for path in paths]
     results = {}
-    for name, fast, calibrated in rows:
+    for name, path, calibrated in rows:
         r = in_fresh_process(
-            run_row, name, fast, args.size, args.slices, args.sw_batch_size, calibrated, args.threads, args.checkpoint
+            run_row, name, path, args.size, args.slices, args.sw_batch_size, calibrated, args.threads, args.checkpoint
         )
-        results[name, fast, calibrated] = r
-        path = ("fast" if r["low_precision"] else "fast fp32") if r["fast"] else "plain"
-        print(f"  {name}{' (calibrated BN)' if calibrated else ''} {path}: {r['seconds']:.2f} s", flush=True)
-    reference = results["MGRADUNet", False, False]["seconds"] if "MGRADUNet" in args.networks else None
+        r["path"] = path if path == "plain" or r["low_precision"] else path + " fp32"
+        results[name, path, calibrated] = r
+        print(f"  {name}{' (calibrated BN)' if calibrated else ''} {r['path']}: {r['seconds']:.2f} s", flush=True)
+    reference = results["MGRADUNet", "plain", False]["seconds"] if "MGRADUNet" in args.networks else None
     print()
-    header = f"{'network':<26}{'path':<7}{'s/volume':>9}{'s/slice':>9}{'vs mgrad plain':>16}{'vs own plain':>14}"
-    print(header + f"{'CPU s/vol':>11}{'CPU vs own':>12}{'peak MiB':>10}{'same label':>12}{'median margin':>15}")
-    for (name, _fast, calibrated), r in results.items():
-        plain = results[name, False, calibrated]
+    header = f"{'network':<26}{'path':<14}{'s/volume':>9}{'s/slice':>9}{'vs mgrad plain':>16}{'vs own plain':>14}"
+    print(
+        header + f"{'CPU s/vol':>11}{'CPU vs own':>12}{'peak MiB':>10}{'same label':>12}{'median margin':>15}"
+        f"{'warm-up s':>11}"
+    )
+    for (name, _path, calibrated), r in results.items():
+        plain = results[name, "plain", calibrated]
         same = (r["labels"] == plain["labels"]).float().mean().item()
         label = name + (" (calibrated BN)" if calibrated else "")
         vs_mgrad = f"{reference / r['seconds']:.2f}x" if reference else "-"
-        path = ("fast" if r["low_precision"] else "fast32") if r["fast"] else "plain"
         print(
-            f"{label:<26}{path:<7}{r['seconds']:>9.2f}{r['seconds'] / args.slices:>9.3f}"
+            f"{label:<26}{r['path']:<14}{r['seconds']:>9.2f}{r['seconds'] / args.slices:>9.3f}"
             f"{vs_mgrad:>16}{plain['seconds'] / r['seconds']:>13.2f}x{r['cpu_seconds']:>11.1f}"
             f"{plain['cpu_seconds'] / r['cpu_seconds']:>11.2f}x{r['peak_mib']:>10.0f}{100 * same:>11.3f}%"
-            f"{r['margin']:>15.3g}"
+            f"{r['margin']:>15.3g}{r['warmup_seconds']:>11.1f}"
         )
     print("\nmedian margin: median over voxels of the gap between the two largest logits (how close labels are).")
     print("CPU s/vol: the process's CPU time (all threads); on a loaded machine it is steadier than wall time.")
@@ -195,10 +210,10 @@ def main() -> None:
                 "network": name,
                 "calibrated": calibrated,
                 **{k: v for k, v in r.items() if k != "labels"},
-                "same_label": (r["labels"] == results[name, False, calibrated]["labels"]).float().mean().item(),
+                "same_label": (r["labels"] == results[name, "plain", calibrated]["labels"]).float().mean().item(),
                 "slices": args.slices,
             }
-            for (name, _fast, calibrated), r in results.items()
+            for (name, _path, calibrated), r in results.items()
         ]
         args.json.write_text(json.dumps({"machine": machine_summary(threads=args.threads), "rows": rows}, indent=1))
 

@@ -2,6 +2,7 @@
 
 import copy
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -70,6 +71,13 @@ class VolumeSliceInferer(SliceInferer):
     precision (bfloat16 on any CPU, emulated and slow where not native), ``False`` runs the network as it is, in
     float32.
 
+    ``compile=True`` also compiles the folded copy with ``torch.compile`` (static shapes: every batch of slices is
+    padded to ``sw_batch_size`` on any device, so it compiles once for each precision; on CPU with
+    Inductor's ``freezing``, which treats the folded weights as constants and prepacks them for oneDNN). The first
+    call pays the compilation (tens of seconds; less from Inductor's on-disk cache), so it serves inference over many
+    volumes with fixed weights, not validation during training, whose weights change every epoch (each change
+    compiles again).
+
     Args:
         roi_size: the in-plane window of the 2D network (e.g. ``(224, 224)``).
         spatial_dim: the slice axis among the volume's spatial axes (2: the last of ``(B, C, H, W, D)``).
@@ -77,6 +85,8 @@ class VolumeSliceInferer(SliceInferer):
             low precision; ``False``: the plain float32 path.
         low_precision: overrides where the fast path runs under autocast (``False``: folded and channels-last in
             float32 on any device; ``None``: as ``fast`` says).
+        compile: compile the fast path's network (see above); no effect with ``fast=False``.
+        compile_options: ``torch.compile``'s keyword arguments (``mode``, ``backend``, ``fullgraph``, ...).
         kwargs: ``SliceInferer``'s other arguments (``sw_batch_size``, ``overlap``, ``mode``, ...).
 
     ``__call__(inputs, network)`` takes a volume ``(B, C, *spatial)`` and an eval-mode 2D network.
@@ -98,11 +108,15 @@ class VolumeSliceInferer(SliceInferer):
         spatial_dim: int = 2,
         fast: bool | None = None,
         low_precision: bool | None = None,
+        compile: bool = False,
+        compile_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         super().__init__(spatial_dim=spatial_dim, roi_size=roi_size, **kwargs)
         self.fast = fast
         self.low_precision = low_precision
+        self.compile = compile
+        self.compile_options = dict(compile_options or {})
         self._folded: tuple[int, tuple[int, ...], nn.Module] | None = None  # (id, weight versions, copy)
 
     def uses_fast_path(self, device: torch.device) -> bool:
@@ -118,7 +132,8 @@ class VolumeSliceInferer(SliceInferer):
         return fast_path_available(device) if self.fast is None else self.fast
 
     def _fast_module(self, network: nn.Module) -> nn.Module:
-        """The folded channels-last copy of an eval-mode ``network``, rebuilt when any weight or buffer changed."""
+        """The folded channels-last copy of an eval-mode ``network`` (compiled where ``compile``), rebuilt when any
+        weight or buffer changed."""
         if network.training:
             return network.to(memory_format=torch.channels_last)
         try:
@@ -134,6 +149,8 @@ class VolumeSliceInferer(SliceInferer):
                 except Exception:  # a module that deepcopy cannot copy: run the network as it is
                     folded = network
                 folded = folded.to(memory_format=torch.channels_last)
+            if self.compile:
+                folded = torch.compile(folded, dynamic=False, **self.compile_options)
             self._folded = (id(network), versions or (), folded)
         return self._folded[2]
 
@@ -147,13 +164,27 @@ class VolumeSliceInferer(SliceInferer):
             network = network.module  # inference needs no gradient synchronisation: run the module itself
         model = self._fast_module(network) if isinstance(network, nn.Module) else network
 
+        one_shape = device_type == "cuda" or self.compile  # cuDNN autotunes, the compiler compiles, once
+
         def fast_network(x: Tensor, *a: Any, **k: Any) -> Tensor:
             n = x.shape[0]
-            if device_type == "cuda" and n < self.sw_batch_size:  # one batch shape: cuDNN autotunes once
+            if one_shape and n < self.sw_batch_size:
                 x = torch.cat([x, x[-1:].expand(self.sw_batch_size - n, *x.shape[1:])])
             x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
             return model(x, *a, **k)[:n].float()
 
         dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
-        with torch.autocast(device_type, dtype=dtype, enabled=self.uses_low_precision(inputs.device)):
+        with (
+            torch.autocast(device_type, dtype=dtype, enabled=self.uses_low_precision(inputs.device)),
+            self._compiler_settings(device_type),
+        ):
             return super().__call__(inputs, fast_network, *args, **kwargs)
+
+    def _compiler_settings(self, device_type: str) -> Any:
+        """Inductor's ``freezing`` for a compiled fast path on CPU (weights as prepacked constants; 1.2x the
+        uncompiled folded path on an Intel Xeon, one thread); elsewhere nothing."""
+        if not self.compile or device_type != "cpu" or self.compile_options.get("backend", "inductor") != "inductor":
+            return nullcontext()
+        import torch._inductor.config
+
+        return torch._inductor.config.patch(freezing=True)

@@ -13,9 +13,10 @@ step of every precision mode, paper widths, batch 12, 224x224, channels-last), `
 (benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings), ``compile`` (the same with
 regional compilation, each compiled configuration run twice: cold and from Inductor's cache), ``inference``
 (benchmarks/bench_inference.py: per-slice speed at batch 12, random weights, then on the trained weights of
-``reproduce`` for the label agreement), ``reproduce`` (the paper preset on the packed ACDC data for
-``--train-seconds``, evaluated under both test protocols, then ``mgrad infer`` over the test volumes, timed end to
-end).
+``reproduce`` for the label agreement), ``inference_compile`` (the same with the compiled fast path too, its
+compilation timed as the warm-up; on the trained weights where ``reproduce`` ran first, else random ones),
+``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
+protocols, then ``mgrad infer`` over the test volumes, timed end to end).
 """
 
 import argparse
@@ -119,6 +120,13 @@ def main() -> None:
             command += ["--checkpoint", str(weights), "--json", str(out / "inference_trained.json")]
             result = run(out, "inference_trained", command, 120)
             record("inference_trained", {**result, "result": read_json(out / "inference_trained.json")})
+    if "inference_compile" in args.parts:
+        command = [py, "benchmarks/bench_inference.py", "--networks", "MGRADUNet", "--slices", "240", "--size", "224"]
+        command += ["--sw-batch-size", "12", "--compile"]
+        if weights is not None:
+            command += ["--checkpoint", str(weights)]
+        result = run(out, "inference_compile", command + ["--json", str(out / "inference_compile.json")], 360)
+        record("inference_compile", {**result, "result": read_json(out / "inference_compile.json")})
     if weights is not None and "reproduce" in args.parts:
         volumes = data / "volumes_test"
         volumes.mkdir(exist_ok=True)

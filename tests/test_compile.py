@@ -64,3 +64,34 @@ def test_bundle_network_compiled_on_request(tmp_path, monkeypatch):
     network = parser.get_parsed_content("network")
     assert all(getattr(region, "_compiled_call_impl", None) is not None for region in network.regions())
     assert cache.is_dir() and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
+
+
+def test_compiled_inference_matches_plain_path_and_compiles_again_for_new_weights():
+    from mgrad.inferers import VolumeSliceInferer
+
+    torch.manual_seed(0)
+    net = MGRADUNet(2, 1, 3, features=(4, 8), rfb_channels=4).eval()
+    volume = torch.rand(1, 1, 16, 16, 3)  # 3 slices, batches of 2: the last batch is padded to the compiled shape
+    plain = VolumeSliceInferer((16, 16), sw_batch_size=2, fast=False)
+    compiled = VolumeSliceInferer((16, 16), sw_batch_size=2, compile=True)  # Inductor, frozen weights on CPU
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(volume, net), plain(volume, net), rtol=1e-4, atol=1e-5)
+    assert isinstance(compiled._folded[2], torch._dynamo.eval_frame.OptimizedModule)
+    with torch.no_grad():  # trained weights change: the frozen constants of the first compilation must not be used
+        for p in net.parameters():
+            p.mul_(1.5)
+    with torch.inference_mode():
+        expected = plain(volume, net)
+        torch.testing.assert_close(compiled(volume, net), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bundle_inferer_compiled_on_request(tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files(REPO / "bundle", "inference"))
+    for key, value in tiny_overrides(tmp_path, tmp_path / "data").items():
+        parser[key] = value
+    assert not parser.get_parsed_content("inferer").compile
+    parser["compile_inference"] = True
+    assert parser.get_parsed_content("inferer", lazy=False).compile
