@@ -1,7 +1,7 @@
 """Whole-volume inference speed and memory: a 224x224 volume of ``--slices`` slices (150 by default) through
 ``mgrad.inferers.VolumeSliceInferer`` (MONAI's SliceInferer over the last axis), fast path against plain fp32.
 
-    python benchmarks/bench_inference.py [--slices 150 --size 224 --sw-batch-size 1 --compile]
+    python benchmarks/bench_inference.py [--slices 150 --size 224 --sw-batch-size 1 --compile [--compile-mode M]]
 
 Networks, all in eval mode with random weights (seed 0), in_channels 1, out_channels 9: the full-size MGRAD-UNet
 (widths 64..1024, RFB 64), and as baselines MONAI's ``BasicUNet`` (default features) and ``UNet`` (channels
@@ -10,7 +10,8 @@ fresh process, under ``torch.inference_mode``: the network is warmed up on a 2-s
 timed once. "plain" is ``VolumeSliceInferer(fast=False)`` (fp32); "fast" is the path ``fast=None`` picks on this
 machine (folded batch norms and channels-last; under bfloat16 autocast on CPUs with AMX and AMD CPUs with
 AVX512-BF16, "fast fp32" on other CPUs; float16 autocast + cuDNN autotuning on CUDA); with ``--compile``, "compiled"
-is the fast path compiled (``VolumeSliceInferer(compile=True)``), its compilation paid in the warm-up ("warm-up s").
+is the fast path compiled (``VolumeSliceInferer(compile=True)``, ``torch.compile``'s ``--compile-mode``), its
+compilation paid in the warm-up ("warm-up s").
 "vs mgrad plain" is the speed-up over the MGRAD-UNet plain row of the same run; "peak MiB" is the process's peak
 resident memory during the timed volume above its memory before (network and volume built; Linux /proc; on CUDA the
 peak allocated GPU memory). "same label" is the share of voxels whose argmax label equals the plain path's of the
@@ -101,6 +102,7 @@ def run_row(
     calibrated: bool,
     threads: int,
     checkpoint: str | None = None,
+    compile_mode: str | None = None,
 ):
     import torch
 
@@ -116,7 +118,7 @@ def run_row(
     network.eval()
     inferer = VolumeSliceInferer(
         roi_size=(size, size), sw_batch_size=sw_batch_size, fast=False if path == "plain" else None,
-        compile=path == "compiled",
+        compile=path == "compiled", compile_options={"mode": compile_mode},
     )  # fmt: skip
     used_fast = inferer.uses_fast_path(device)
     low_precision = inferer.uses_low_precision(device)
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--calibrate", action="store_true", help="also the MGRAD-UNet rows with calibrated BN")
     parser.add_argument("--compile", action="store_true", help="also the compiled fast path of each network")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile's mode for --compile (default: None)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--checkpoint", default=None, help="trained MGRAD-UNet weights (model.pt) instead of random")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
@@ -179,8 +182,9 @@ def main() -> None:
     results = {}
     for name, path, calibrated in rows:
         r = in_fresh_process(
-            run_row, name, path, args.size, args.slices, args.sw_batch_size, calibrated, args.threads, args.checkpoint
-        )
+            run_row, name, path, args.size, args.slices, args.sw_batch_size, calibrated, args.threads, args.checkpoint,
+            args.compile_mode,
+        )  # fmt: skip
         r["path"] = path if path == "plain" or r["low_precision"] else path + " fp32"
         results[name, path, calibrated] = r
         print(f"  {name}{' (calibrated BN)' if calibrated else ''} {r['path']}: {r['seconds']:.2f} s", flush=True)

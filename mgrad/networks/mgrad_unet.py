@@ -201,7 +201,6 @@ class MGRADUNet(nn.Module):
         return MGRADOutput(pred1, pred2, features1, features2, self.side_heads(features1))
 
     @torch.jit.unused
-    @torch.jit.unused
     def regions(self) -> list[nn.Module]:
         """The blocks that :func:`mgrad.networks.compile_regions` compiles one by one: each encoder stage, each
         receptive field block, both decoders and the side heads (every parameter lies in exactly one of them)."""
