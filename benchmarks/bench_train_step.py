@@ -52,30 +52,30 @@ def make_batch(batch: int, size: int, classes: int = 9, seed: int = 0) -> dict:
     return {"image": image, "label": label}
 
 
-def run_config(config: str, batch: int, size: int, warmup: int, steps: int, threads: int) -> dict:
+def build_trainer(config: str, batch: int, size: int, iterations: int, widths: dict | None = None):
+    """An ``MGRADTrainer`` of ``config`` (see the module's docstring) over ``iterations`` copies of one batch, on
+    CUDA where available; ``widths`` (``features``, ``rfb_channels``) default to the full-size network's."""
     import torch
-    from ignite.engine import Events
 
     from mgrad.engines import MGRADTrainer
     from mgrad.losses import MGRADLoss
     from mgrad.networks import MGRADUNet, compile_regions
 
-    if threads:
-        torch.set_num_threads(threads)
     options = set(config.split("+"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     checkpointing = "all" if "ckpt" in options else "rfb" if "rfbckpt" in options else "none"
     feedback_precision = "split" if "fbsplit" in options else "autocast" if "fbautocast" in options else "full"
-    network = MGRADUNet(2, 1, 9, checkpointing=checkpointing, feedback_precision=feedback_precision).to(device)
+    network = MGRADUNet(
+        2, 1, 9, checkpointing=checkpointing, feedback_precision=feedback_precision, **(widths or {})
+    ).to(device)
     if options & {"compile", "cudagraphs"}:
         compile_regions(network, mode="reduce-overhead" if "cudagraphs" in options else None)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4, fused="fused" in options or None)
-    data = [make_batch(batch, size)] * (warmup + steps)
-    trainer = MGRADTrainer(
+    return MGRADTrainer(
         device=device,
         max_epochs=1,
-        train_data_loader=data,
+        train_data_loader=[make_batch(batch, size)] * iterations,
         network=network,
         optimizer=optimizer,
         loss_function=MGRADLoss(),
@@ -84,6 +84,16 @@ def run_config(config: str, batch: int, size: int, warmup: int, steps: int, thre
         channels_last="cl" in options,
         decollate=False,
     )
+
+
+def run_config(config: str, batch: int, size: int, warmup: int, steps: int, threads: int) -> dict:
+    import torch
+    from ignite.engine import Events
+
+    if threads:
+        torch.set_num_threads(threads)
+    trainer = build_trainer(config, batch, size, warmup + steps)
+    device = trainer.state.device
     times, cpu_times, losses = [], [], []
 
     def sync() -> None:

@@ -1,7 +1,7 @@
 """The GPU check: the GPU benchmarks and a short ``mgrad reproduce acdc``, every figure in one JSON.
 
     python scripts/gpu_check.py --out DIR [--acdc-pack .device/acdc.pkl.xz --unpack .device/unpack_acdc.py]
-                                [--parts bench reproduce] [--train-seconds 120]
+                                [--parts feedback train_step reproduce inference profile] [--train-seconds 100]
 
 Run by ``scripts/gpu_check.sh`` on a bare GPU machine (it installs the wheels first). Each part runs as its own
 command with a time limit, its output in ``DIR/<part>.log``; ``DIR/gpu_check.json`` collects the machine, each
@@ -10,24 +10,29 @@ time loses nothing of the others.
 
 Parts: ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training
 step of every precision mode, paper widths, batch 12, 224x224, channels-last), ``train_step``
-(benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings), ``compile`` (the same with
-regional compilation, each compiled configuration run twice: cold and from Inductor's cache), ``inference``
-(benchmarks/bench_inference.py: per-slice speed at batch 12, random weights, then on the trained weights of
-``reproduce`` for the label agreement), ``inference_compile`` (the same with the compiled fast path too, its
+(benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, and the float16
+and fastest inexact ones), ``compile`` (the bundle's settings and float16 with regional compilation, each compiled
+configuration run twice: cold and from Inductor's cache), ``inference`` (benchmarks/bench_inference.py: per-slice
+speed at batch 12, random weights, then on the trained weights of ``reproduce`` for the label agreement),
+``inference_compile`` (the same with the compiled fast path too, its
 compilation timed as the warm-up; on the trained weights where ``reproduce`` ran first, else random ones),
 ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
-protocols, then ``mgrad infer`` over the test volumes, timed end to end).
+protocols, then ``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference
+engine's run: volumes per second with and without the start-up), ``profile`` (benchmarks/profile_step.py: where the
+time of a training iteration and of an inference call goes, by operator and kernel, in ``DIR/profile/``).
 """
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+INFER_COPIES = 5
 
 
 def run(out: Path, name: str, command: list[str], timeout: int) -> dict:
@@ -50,6 +55,16 @@ def read_json(path: Path) -> object:
         return None
 
 
+def engine_seconds(log: Path) -> float | None:
+    """The inference engine's own run time (loading, resampling, the network, inversion, writing; not the process's
+    start-up), from ignite's "Engine run finished. Time taken: HH:MM:SS.mmm" line in ``log``."""
+    found = re.findall(r"Engine run finished\. Time taken: (\d+):(\d+):([\d.]+)", log.read_text(errors="replace"))
+    if not found:
+        return None
+    hours, minutes, seconds = found[-1]
+    return 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+
+
 def split_acdc(root: Path) -> dict:
     """The packed ACDC data have a validation list only: its patients split in two, validation and test."""
     names = sorted(n.strip() for n in (root / "val.list").read_text().split() if n.strip())
@@ -65,8 +80,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--acdc-pack", default=".device/acdc.pkl.xz")
     parser.add_argument("--unpack", default=".device/unpack_acdc.py")
-    parser.add_argument("--parts", nargs="+", default=["feedback", "train_step", "reproduce", "inference"])
-    parser.add_argument("--train-seconds", type=int, default=120)
+    parser.add_argument("--parts", nargs="+", default=["feedback", "train_step", "reproduce", "inference", "profile"])
+    parser.add_argument("--train-seconds", type=int, default=100)
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -90,12 +105,12 @@ def main() -> None:
         result = run(out, "feedback", command, 200)
         record("feedback", {**result, "result": read_json(out / "fb.json")})
     if "train_step" in args.parts:
-        configs = ["plain", "amp+cl+fused", "bf16+cl+fused", "bf16+cl+fused+fbautocast"]
+        configs = ["plain", "cl+fused", "amp+cl+fused", "bf16+cl+fused+fbautocast"]
         command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
         result = run(out, "train_step", command + ["--json", str(out / "train_step.json")], 200)
         record("train_step", {**result, "result": read_json(out / "train_step.json")})
     if "compile" in args.parts:
-        configs = ["plain", "bf16+cl+fused+compile", "amp+cl+fused+compile"]
+        configs = ["plain", "cl+fused+compile", "amp+cl+fused+compile"]
         command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
         result = run(out, "compile", command + ["--json", str(out / "compile.json")], 420)
         record("compile", {**result, "result": read_json(out / "compile.json")})
@@ -131,14 +146,29 @@ def main() -> None:
         volumes = data / "volumes_test"
         volumes.mkdir(exist_ok=True)
         for name in (data / "test.list").read_text().split():
-            target = volumes / f"{name}.h5"
-            if not target.exists():
-                os.symlink(data / "volumes" / f"{name}.h5", target)
+            for copy in range(INFER_COPIES):  # enough volumes that the steady rate shows beside the start-up
+                target = volumes / f"{name}_{copy}.h5"
+                if not target.exists():
+                    os.symlink(data / "volumes" / f"{name}.h5", target)
         command = [py, "-m", "mgrad", "infer", "--input", str(volumes), "--output_dir", "/tmp/preds"]
         command += ["--ckpt_path", str(weights), "--dataset", "acdc_h5", "--preset", "paper", "--device", "cuda:0"]
-        result = run(out, "infer_end_to_end", command, 120)
+        result = run(out, "infer_end_to_end", command, 180)
         count = len(list(volumes.glob("*.h5")))
-        record("infer_end_to_end", {**result, "volumes": count, "volumes_per_second": count / result["seconds"]})
+        engine = engine_seconds(out / "infer_end_to_end.log")
+        record(
+            "infer_end_to_end",
+            {
+                **result,
+                "volumes": count,
+                "volumes_per_second": count / result["seconds"],
+                "engine_seconds": engine,
+                "engine_volumes_per_second": count / engine if engine else None,
+            },
+        )
+    if "profile" in args.parts:
+        command = [py, "benchmarks/profile_step.py", "--out", str(out / "profile"), *bench, "--preset", "paper"]
+        result = run(out, "profile", command, 90)
+        record("profile", {**result, "result": read_json(out / "profile" / "profile.json")})
 
 
 if __name__ == "__main__":
