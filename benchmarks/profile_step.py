@@ -8,15 +8,21 @@ configurations of ``bench_train_step.py``; ``cl+fused`` is the bundle's CUDA def
 bundle's default ``VolumeSliceInferer`` (the fast path of this machine) on a volume of ``--batch`` slices, after two
 warm-up calls. Random weights, the benchmarks' image of smooth blobs.
 
+Convolutions: every distinct convolution of the inference network (input shape, kernel, dilation, ...), timed on
+its own in the fast path's precision and memory format: milliseconds a call, calls a forward, and the rate it
+reaches (TFLOP/s), so a slow shape (a dilated or a 1xk convolution, say) shows beside the ones that run well.
+
 Writes ``DIR/train_ops.txt`` and ``DIR/inference_ops.txt`` (``key_averages`` tables, sorted by self device time on
-CUDA, self CPU time on CPU) and ``DIR/profile.json``: for each of the two, the total and the ``--rows`` largest
-entries (name, calls, self milliseconds, share of the total). On CUDA the entries are kernels and the operators
-that launch them; the shares say which operators and kernels a speed-up has to come from.
+CUDA, self CPU time on CPU), ``DIR/convolutions.txt`` and ``DIR/profile.json``: for training and inference the total
+and the ``--rows`` largest entries (name, calls, self milliseconds, share of the total), and the convolutions. On
+CUDA the entries are kernels and the operators that launch them; the shares say which operators and kernels a
+speed-up has to come from.
 """
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -112,6 +118,75 @@ def profile_inference(batch: int, size: int, widths: dict):
     return profiler, device.type
 
 
+def convolution_table(batch: int, size: int, widths: dict, repeats: int = 5) -> list[dict]:
+    """Each distinct convolution of the folded eval-mode network, timed alone as the fast path runs it."""
+    import torch
+    import torch.nn.functional as F
+
+    from mgrad.inferers import VolumeSliceInferer, fold_batch_norms
+    from mgrad.networks import MGRADUNet
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = fold_batch_norms(MGRADUNet(2, 1, 9, **widths)).to(device)
+    found: dict[tuple, int] = {}
+
+    def record(module, inputs, output) -> None:
+        key = (tuple(inputs[0].shape), tuple(module.weight.shape), module.stride, module.padding, module.dilation)
+        found[key + (module.groups,)] = found.get(key + (module.groups,), 0) + 1
+
+    hooks = [m.register_forward_hook(record) for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        network(torch.rand(batch, 1, size, size, device=device))
+    for hook in hooks:
+        hook.remove()
+    low = VolumeSliceInferer((size, size)).uses_low_precision(device)
+    dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if low else torch.float32
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rows = []
+    with torch.inference_mode():
+        for (shape, weight_shape, stride, padding, dilation, groups), calls in found.items():
+            x = torch.rand(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            w = torch.rand(weight_shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            b = torch.rand(weight_shape[0], device=device, dtype=dtype)
+            y = F.conv2d(x, w, b, stride, padding, dilation, groups)  # warm-up: autotuning, primitive creation
+            sync()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+            sync()
+            seconds = (time.perf_counter() - start) / repeats
+            flop = 2 * y.numel() * weight_shape[1] * weight_shape[2] * weight_shape[3]
+            rows.append(
+                {
+                    "input": list(shape), "weight": list(weight_shape), "dilation": list(dilation),
+                    "padding": list(padding), "groups": groups, "calls": calls, "ms": 1000 * seconds,
+                    "total_ms": 1000 * seconds * calls, "tflops": flop / seconds / 1e12, "dtype": str(dtype),
+                }
+            )  # fmt: skip
+    rows.sort(key=lambda r: r["total_ms"], reverse=True)
+    return rows
+
+
+def write_convolutions(rows: list[dict], path: Path) -> None:
+    total = sum(r["total_ms"] for r in rows)
+    lines = [f"{'input':<20}{'weight':<18}{'dilation':<10}{'calls':>6}{'ms/call':>9}{'ms/forward':>11}{'share':>7}"]
+    lines[0] += f"{'TFLOP/s':>9}"
+    for r in rows:
+        lines.append(
+            f"{'x'.join(map(str, r['input'])):<20}{'x'.join(map(str, r['weight'])):<18}"
+            f"{'x'.join(map(str, r['dilation'])):<10}{r['calls']:>6}{r['ms']:>9.3f}{r['total_ms']:>11.3f}"
+            f"{100 * r['total_ms'] / total:>6.1f}%{r['tflops']:>9.3g}"
+        )
+    lines.append(f"all convolutions of one forward, timed alone: {total:.1f} ms ({rows[0]['dtype']}, channels-last)")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for the tables and profile.json")
@@ -135,6 +210,12 @@ def main() -> None:
         report[name] = top_entries(profiler, device_type, args.rows)
         top = ", ".join(f"{e['name'][:40]} {100 * e['share']:.0f}%" for e in report[name]["entries"][:5])
         print(f"{name}: {report[name]['total_ms']:.1f} ms of {report[name]['time']}; largest: {top}", flush=True)
+    report["convolutions"] = convolution_table(args.batch, args.size, widths)
+    write_convolutions(report["convolutions"], args.out / "convolutions.txt")
+    convolutions = report["convolutions"]
+    top = ", ".join(f"{'x'.join(map(str, r['weight']))} dilation {r['dilation'][0]} on {r['input'][-1]}: "
+                    f"{r['total_ms']:.2f} ms at {r['tflops']:.3g} TFLOP/s" for r in convolutions[:3])  # fmt: skip
+    print(f"convolutions: {len(convolutions)} distinct, {sum(r['total_ms'] for r in convolutions):.1f} ms; {top}")
     (args.out / "profile.json").write_text(json.dumps(report, indent=1))
 
 
