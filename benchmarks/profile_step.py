@@ -20,7 +20,6 @@ speed-up has to come from.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_inference import make_volume  # noqa: E402
 from bench_train_step import build_trainer  # noqa: E402
 from common import machine_summary  # noqa: E402
+
+from mgrad.writers import write_json  # noqa: E402
 
 PRESETS = {
     "paper": {"features": (64, 128, 256, 512, 1024), "rfb_channels": 64},
@@ -202,21 +203,23 @@ def main() -> None:
     report: dict = {"machine": machine_summary(), "config": args.config, "batch": args.batch, "size": args.size}
     report["preset"] = args.preset
     print(report["machine"])
-    for name, (profiler, device_type) in (
-        ("train", profile_training(args.config, args.batch, args.size, args.warmup, widths)),
-        ("inference", profile_inference(args.batch, args.size, widths)),
-    ):
-        write_table(profiler, device_type, args.rows, args.out / f"{name}_ops.txt")
-        report[name] = top_entries(profiler, device_type, args.rows)
-        top = ", ".join(f"{e['name'][:40]} {100 * e['share']:.0f}%" for e in report[name]["entries"][:5])
-        print(f"{name}: {report[name]['total_ms']:.1f} ms of {report[name]['time']}; largest: {top}", flush=True)
-    report["convolutions"] = convolution_table(args.batch, args.size, widths)
-    write_convolutions(report["convolutions"], args.out / "convolutions.txt")
-    convolutions = report["convolutions"]
+    # each result is written as soon as it exists: a later part that fails loses nothing of the earlier ones
+    convolutions = report["convolutions"] = convolution_table(args.batch, args.size, widths)
+    write_convolutions(convolutions, args.out / "convolutions.txt")
+    write_json(args.out / "profile.json", report)
     top = ", ".join(f"{'x'.join(map(str, r['weight']))} dilation {r['dilation'][0]} on {r['input'][-1]}: "
                     f"{r['total_ms']:.2f} ms at {r['tflops']:.3g} TFLOP/s" for r in convolutions[:3])  # fmt: skip
     print(f"convolutions: {len(convolutions)} distinct, {sum(r['total_ms'] for r in convolutions):.1f} ms; {top}")
-    (args.out / "profile.json").write_text(json.dumps(report, indent=1))
+    for name, profile in (
+        ("inference", lambda: profile_inference(args.batch, args.size, widths)),
+        ("train", lambda: profile_training(args.config, args.batch, args.size, args.warmup, widths)),
+    ):
+        profiler, device_type = profile()
+        write_table(profiler, device_type, args.rows, args.out / f"{name}_ops.txt")
+        report[name] = top_entries(profiler, device_type, args.rows)
+        write_json(args.out / "profile.json", report)
+        top = ", ".join(f"{e['name'][:40]} {100 * e['share']:.0f}%" for e in report[name]["entries"][:5])
+        print(f"{name}: {report[name]['total_ms']:.1f} ms of {report[name]['time']}; largest: {top}", flush=True)
 
 
 if __name__ == "__main__":
