@@ -8,20 +8,23 @@ configurations of ``bench_train_step.py``; ``cl+fused`` is the bundle's CUDA def
 bundle's default ``VolumeSliceInferer`` (the fast path of this machine) on a volume of ``--batch`` slices, after two
 warm-up calls. Random weights, the benchmarks' image of smooth blobs.
 
-Convolutions: every distinct convolution of the inference network (input shape, kernel, dilation, ...), timed on
-its own in the fast path's precision and memory format: milliseconds a call, calls a forward, and the rate it
-reaches (TFLOP/s), so a slow shape (a dilated or a 1xk convolution, say) shows beside the ones that run well.
+Convolutions: every distinct convolution of the network (input shape, kernel, dilation, ...), timed on its own in
+the fast path's precision and memory format: milliseconds a call, calls a forward, and the rate it reaches
+(TFLOP/s), so a slow shape (a dilated or a 1xk convolution, say) shows beside the ones that run well. Then each
+one's forward as training computes it: TF32, the default exact feedback precision (three split-bfloat16 products),
+the same three products stacked into one convolution (a candidate), and float16.
 
 Writes ``DIR/train_ops.txt`` and ``DIR/inference_ops.txt`` (``key_averages`` tables, sorted by self device time on
-CUDA, self CPU time on CPU), ``DIR/convolutions.txt`` and ``DIR/profile.json``: for training and inference the total
-and the ``--rows`` largest entries (name, calls, self milliseconds, share of the total), and the convolutions. On
-CUDA the entries are kernels and the operators that launch them; the shares say which operators and kernels a
-speed-up has to come from.
+CUDA, self CPU time on CPU), ``DIR/convolutions.txt``, ``DIR/training_convolutions.txt`` and ``DIR/profile.json``:
+for training and inference the total and the ``--rows`` largest entries (name, calls, self milliseconds, share of
+the total), and both convolution tables. On CUDA the entries are kernels and the operators that launch them; the
+shares say which operators and kernels a speed-up has to come from.
 """
 
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,16 +122,13 @@ def profile_inference(batch: int, size: int, widths: dict):
     return profiler, device.type
 
 
-def convolution_table(batch: int, size: int, widths: dict, repeats: int = 5) -> list[dict]:
-    """Each distinct convolution of the folded eval-mode network, timed alone as the fast path runs it."""
+def network_convolutions(batch: int, size: int, widths: dict, device) -> dict[tuple, int]:
+    """``(input shape, weight shape, stride, padding, dilation, groups) -> calls`` of one eval forward."""
     import torch
-    import torch.nn.functional as F
 
-    from mgrad.inferers import VolumeSliceInferer, fold_batch_norms
     from mgrad.networks import MGRADUNet
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = fold_batch_norms(MGRADUNet(2, 1, 9, **widths)).to(device)
+    network = MGRADUNet(2, 1, 9, **widths).to(device).eval()
     found: dict[tuple, int] = {}
 
     def record(module, inputs, output) -> None:
@@ -140,29 +140,46 @@ def convolution_table(batch: int, size: int, widths: dict, repeats: int = 5) -> 
         network(torch.rand(batch, 1, size, size, device=device))
     for hook in hooks:
         hook.remove()
+    return found
+
+
+def seconds_per_call(call, device, repeats: int = 5) -> float:
+    """Mean seconds of ``call()`` after one untimed call (autotuning, primitive creation)."""
+    import torch
+
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def convolution_table(batch: int, size: int, widths: dict) -> list[dict]:
+    """Each distinct convolution of the eval-mode network, timed alone as the fast path runs it."""
+    import torch
+    import torch.nn.functional as F
+
+    from mgrad.inferers import VolumeSliceInferer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     low = VolumeSliceInferer((size, size)).uses_low_precision(device)
     dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if low else torch.float32
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    torch.backends.cudnn.benchmark = True
     rows = []
     with torch.inference_mode():
-        for (shape, weight_shape, stride, padding, dilation, groups), calls in found.items():
+        for config, calls in network_convolutions(batch, size, widths, device).items():
+            shape, weight_shape, stride, padding, dilation, groups = config
             x = torch.rand(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
             w = torch.rand(weight_shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
             b = torch.rand(weight_shape[0], device=device, dtype=dtype)
-            y = F.conv2d(x, w, b, stride, padding, dilation, groups)  # warm-up: autotuning, primitive creation
-            sync()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                y = F.conv2d(x, w, b, stride, padding, dilation, groups)
-            sync()
-            seconds = (time.perf_counter() - start) / repeats
-            flop = 2 * y.numel() * weight_shape[1] * weight_shape[2] * weight_shape[3]
+            conv = partial(F.conv2d, x, w, b, stride, padding, dilation, groups)
+            seconds = seconds_per_call(conv, device)
+            out_numel = conv().numel()
+            flop = 2 * out_numel * weight_shape[1] * weight_shape[2] * weight_shape[3]
             rows.append(
                 {
                     "input": list(shape), "weight": list(weight_shape), "dilation": list(dilation),
@@ -172,6 +189,81 @@ def convolution_table(batch: int, size: int, widths: dict, repeats: int = 5) -> 
             )  # fmt: skip
     rows.sort(key=lambda r: r["total_ms"], reverse=True)
     return rows
+
+
+def stacked_split_conv(x, weight, bias, stride, padding, dilation, groups):
+    """The split-bfloat16 product of :class:`mgrad.networks.precision.SplitBFloat16Conv` as one convolution: the
+    three products' operands stacked along the input channels (``[x_hi, x_lo, x_hi]`` with ``[w_hi, w_hi, w_lo]``),
+    so one wider convolution sums them in its float32 accumulator (a candidate, timed here beside the three)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mgrad.networks.precision import split_bfloat16
+
+    if groups != 1:
+        raise ValueError("stacked_split_conv takes ungrouped convolutions only.")
+    x_hi, x_lo = split_bfloat16(x)
+    w_hi, w_lo = split_bfloat16(weight)
+    stacked_x = torch.cat([x_hi, x_lo, x_hi], 1).contiguous(memory_format=torch.channels_last)
+    stacked_w = torch.cat([w_hi, w_hi, w_lo], 1).contiguous(memory_format=torch.channels_last)
+    return F.conv2d(stacked_x, stacked_w, bias, stride, padding, dilation)
+
+
+def training_convolution_table(batch: int, size: int, widths: dict) -> list[dict]:
+    """Each distinct convolution's forward as training computes it, float32 operands, channels-last: ``tf32``
+    (TF32 convolutions: the released code's arithmetic), ``split`` (the default ``feedback_precision="full"``: three
+    products), ``stacked`` (the same products as one convolution, :func:`stacked_split_conv`), ``fp16`` (autocast's
+    operands); milliseconds a forward for each, and the largest relative difference of ``stacked`` from ``split``."""
+    import torch
+    import torch.nn.functional as F
+
+    from mgrad.networks.precision import SplitBFloat16Conv
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    rows = []
+    try:
+        with torch.no_grad():
+            for config, calls in network_convolutions(batch, size, widths, device).items():
+                shape, weight_shape, stride, padding, dilation, groups = config
+                x = torch.rand(shape, device=device).contiguous(memory_format=torch.channels_last)
+                w = torch.randn(weight_shape, device=device).contiguous(memory_format=torch.channels_last)
+                b = torch.randn(weight_shape[0], device=device)
+                args = (stride, padding, dilation, groups)
+                variants = {
+                    "tf32": partial(F.conv2d, x, w, b, *args),
+                    "split": partial(SplitBFloat16Conv.apply, x, w, b, *args, torch.float32),
+                    "stacked": partial(stacked_split_conv, x, w, b, *args),
+                    "fp16": partial(F.conv2d, x.half(), w.half(), b.half(), *args),
+                }
+                row = {"input": list(shape), "weight": list(weight_shape), "dilation": list(dilation), "calls": calls}
+                for name, call in variants.items():
+                    row[f"{name}_ms"] = 1000 * calls * seconds_per_call(call, device)
+                split, stacked = variants["split"](), variants["stacked"]()
+                row["stacked_vs_split"] = ((stacked - split).abs().max() / split.abs().max()).item()
+                rows.append(row)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    rows.sort(key=lambda r: r["split_ms"], reverse=True)
+    return rows
+
+
+def write_training_convolutions(rows: list[dict], path: Path) -> None:
+    names = ("tf32", "split", "stacked", "fp16")
+    lines = [f"{'input':<20}{'weight':<18}{'dilation':<10}{'calls':>6}" + "".join(f"{n + ' ms':>11}" for n in names)]
+    lines[0] += f"{'stacked vs split':>18}"
+    for r in rows:
+        lines.append(
+            f"{'x'.join(map(str, r['input'])):<20}{'x'.join(map(str, r['weight'])):<18}"
+            f"{'x'.join(map(str, r['dilation'])):<10}{r['calls']:>6}"
+            + "".join(f"{r[n + '_ms']:>11.3f}" for n in names)
+            + f"{r['stacked_vs_split']:>18.2e}"
+        )
+    totals = ", ".join(f"{n} {sum(r[n + '_ms'] for r in rows):.1f} ms" for n in names)
+    lines.append(f"all convolution forwards of one pass (float32 operands, channels-last): {totals}")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def write_convolutions(rows: list[dict], path: Path) -> None:
@@ -210,6 +302,14 @@ def main() -> None:
     top = ", ".join(f"{'x'.join(map(str, r['weight']))} dilation {r['dilation'][0]} on {r['input'][-1]}: "
                     f"{r['total_ms']:.2f} ms at {r['tflops']:.3g} TFLOP/s" for r in convolutions[:3])  # fmt: skip
     print(f"convolutions: {len(convolutions)} distinct, {sum(r['total_ms'] for r in convolutions):.1f} ms; {top}")
+    training = report["training_convolutions"] = training_convolution_table(args.batch, args.size, widths)
+    write_training_convolutions(training, args.out / "training_convolutions.txt")
+    write_json(args.out / "profile.json", report)
+    names = ("tf32", "split", "stacked", "fp16")
+    print(
+        "training convolution forwards: "
+        + ", ".join(f"{n} {sum(r[n + '_ms'] for r in training):.1f} ms" for n in names)
+    )
     for name, profile in (
         ("inference", lambda: profile_inference(args.batch, args.size, widths)),
         ("train", lambda: profile_training(args.config, args.batch, args.size, args.warmup, widths)),
