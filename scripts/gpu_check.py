@@ -13,13 +13,14 @@ step of every precision mode, paper widths, batch 12, 224x224, channels-last), `
 (benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, and the float16
 and fastest inexact ones), ``compile`` (the bundle's settings and float16 with regional compilation, each compiled
 configuration run twice: cold and from Inductor's cache), ``inference`` (benchmarks/bench_inference.py: per-slice
-speed at batch 12, random weights, then on the trained weights of ``reproduce`` for the label agreement),
-``inference_compile`` (the same with the compiled fast path too, its
-compilation timed as the warm-up; on the trained weights where ``reproduce`` ran first, else random ones),
-``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
+speed at batch 12 and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else
+random ones), ``inference_compile`` (the same with the compiled fast path too, its compilation timed as the
+warm-up), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
 protocols, then ``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference
 engine's run: volumes per second with and without the start-up), ``profile`` (benchmarks/profile_step.py: where the
-time of a training iteration and of an inference call goes, by operator and kernel, in ``DIR/profile/``).
+time of a training iteration and of an inference call goes, by operator, kernel and convolution, in
+``DIR/profile/``). The parts run in the order feedback, train_step, compile, reproduce, inference,
+inference_compile, end-to-end inference, profile.
 """
 
 import argparse
@@ -126,22 +127,21 @@ def main() -> None:
             (out / "table.md").write_text((runs / "table.md").read_text())
         record("reproduce", {**result, "split": split, "result": table})
     weights = next(iter(sorted(runs.glob("**/model.pt"))), None)
-    if "inference" in args.parts:
-        command = [py, "benchmarks/bench_inference.py", "--networks", "MGRADUNet", "--slices", "240", "--size", "224"]
-        command += ["--sw-batch-size", "12"]
-        result = run(out, "inference", command + ["--json", str(out / "inference.json")], 120)
-        record("inference", {**result, "result": read_json(out / "inference.json")})
-        if weights is not None:
-            command += ["--checkpoint", str(weights), "--json", str(out / "inference_trained.json")]
-            result = run(out, "inference_trained", command, 120)
-            record("inference_trained", {**result, "result": read_json(out / "inference_trained.json")})
-    if "inference_compile" in args.parts:
-        command = [py, "benchmarks/bench_inference.py", "--networks", "MGRADUNet", "--slices", "240", "--size", "224"]
-        command += ["--sw-batch-size", "12", "--compile"]
-        if weights is not None:
-            command += ["--checkpoint", str(weights)]
-        result = run(out, "inference_compile", command + ["--json", str(out / "inference_compile.json")], 360)
-        record("inference_compile", {**result, "result": read_json(out / "inference_compile.json")})
+    # the speed does not depend on the weights: trained ones (where reproduce ran) also give the label agreement
+    inference = [py, "benchmarks/bench_inference.py", "--networks", "MGRADUNet", "--slices", "240", "--size", "224"]
+    inference += ["--sw-batch-size", "12"] + ([] if weights is None else ["--checkpoint", str(weights)])
+    for part, extra in (("inference", []), ("inference_compile", ["--compile"])):
+        if part in args.parts:
+            command = inference + extra + ["--json", str(out / f"{part}.json")]
+            result = run(out, part, command, 120 if part == "inference" else 360)
+            record(
+                part,
+                {
+                    **result,
+                    "weights": "random" if weights is None else "trained",
+                    "result": read_json(out / f"{part}.json"),
+                },
+            )
     if weights is not None and "reproduce" in args.parts:
         volumes = data / "volumes_test"
         volumes.mkdir(exist_ok=True)
