@@ -181,7 +181,7 @@ class VolumeSliceInferer(SliceInferer):
             return super().__call__(inputs, fast_network, *args, **kwargs)
 
     def _compiler_settings(self, device_type: str) -> Any:
-        """Inductor's ``freezing`` for a compiled fast path on CPU (weights as prepacked constants; 1.2x the
+        """Inductor's ``freezing`` for a compiled fast path on CPU (weights as prepacked constants; 1.13x the
         uncompiled folded path on an Intel Xeon, one thread); elsewhere nothing."""
         if not self.compile or device_type != "cpu" or self.compile_options.get("backend", "inductor") != "inductor":
             return nullcontext()
