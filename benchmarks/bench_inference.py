@@ -11,11 +11,10 @@ timed once. "plain" is ``VolumeSliceInferer(fast=False)`` (fp32); "fast" is the 
 machine (folded batch norms and channels-last; under bfloat16 autocast on CPUs with AMX and AMD CPUs with
 AVX512-BF16, "fast fp32" on other CPUs; float16 autocast + cuDNN autotuning on CUDA); with ``--compile``, "compiled"
 is the fast path compiled (``VolumeSliceInferer(compile=True)``, ``torch.compile``'s ``--compile-mode``), its
-compilation paid in the warm-up ("warm-up s").
-"vs mgrad plain" is the speed-up over the MGRAD-UNet plain row of the same run; "peak MiB" is the process's peak
-resident memory during the timed volume above its memory before (network and volume built; Linux /proc; on CUDA the
-peak allocated GPU memory). "same label" is the share of voxels whose argmax label equals the plain path's of the
-same network.
+compilation paid in the warm-up ("warm-up s"). "vs mgrad plain" is the speed-up over the MGRAD-UNet plain row of the
+same run; "peak MiB" is the process's peak resident memory during the timed volume above its memory before (network
+and volume built; Linux /proc; on CUDA the peak allocated GPU memory). "same label" is the share of voxels whose
+argmax label equals the plain path's of the same network.
 
 With random weights many voxels have near-tied logits, which makes the label agreement a harsh test of the
 low-precision path; ``--calibrate`` first sets every batch norm's running statistics from a few train-mode forward
@@ -173,7 +172,8 @@ def main() -> None:
     print(machine_summary(threads=args.threads))
     print(
         f"volume 1x1x{args.size}x{args.size}x{args.slices} through VolumeSliceInferer(sw_batch_size="
-        f"{args.sw_batch_size}), torch.inference_mode, random weights; each row in a fresh process"
+        f"{args.sw_batch_size}), torch.inference_mode, {'trained' if args.checkpoint else 'random'} weights; "
+        "each row in a fresh process"
     )
     paths = PATHS if args.compile else PATHS[:2]
     rows = [(n, path, False) for path in paths for n in args.networks]
