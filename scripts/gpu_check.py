@@ -10,8 +10,9 @@ time loses nothing of the others.
 
 Parts: ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training
 step of every precision mode, paper widths, batch 12, 224x224, channels-last), ``train_step``
-(benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, and the float16
-and fastest inexact ones), ``compile`` (the bundle's settings and float16 with regional compilation, each compiled
+(benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, with float16
+autocast, and with the receptive field blocks checkpointed for memory; the inexact modes' speed is in
+``feedback``), ``compile`` (the bundle's settings and float16 with regional compilation, each compiled
 configuration run twice: cold and from Inductor's cache), ``inference`` (benchmarks/bench_inference.py: per-slice
 speed at batch 12 and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else
 random ones), ``inference_compile`` (the same with the compiled fast path too, its compilation timed as the
@@ -106,7 +107,7 @@ def main() -> None:
         result = run(out, "feedback", command, 200)
         record("feedback", {**result, "result": read_json(out / "fb.json")})
     if "train_step" in args.parts:
-        configs = ["plain", "cl+fused", "amp+cl+fused", "bf16+cl+fused+fbautocast"]
+        configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+rfbckpt"]
         command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
         result = run(out, "train_step", command + ["--json", str(out / "train_step.json")], 200)
         record("train_step", {**result, "result": read_json(out / "train_step.json")})
