@@ -2,9 +2,12 @@
 and what each choice of ``MGRADUNet(feedback_precision=...)`` costs in a training step.
 
     python benchmarks/bench_feedback_precision.py [--device cpu --preset paper --size 96 --batch 2 --json out.json]
+                                                  [--checkpoint model.pt --images DIR --no-timing]
 
 "effect" is ``net(x, feedback) - net(x)`` at fixed weights in train mode (both decoders' logits, the feedback taken
-from the first pass as in training), seed 0, random weights, the benchmarks' image of smooth blobs. "rel. error" is
+from the first pass as in training), seed 0, random weights, the benchmarks' image of smooth blobs; ``--checkpoint``
+takes trained weights instead (their widths and classes), ``--images`` real slices (a folder of SSL4MIS ``*.h5``
+slices, as the shared ACDC data's ``slices``). "rel. error" is
 ``||effect - effect_float64|| / ||effect_float64||`` against a float64 copy of the same network. The float64 line
 above the table says how sensitive the effect is itself: its relative change when the input is scaled by
 ``1 + 1e-4 * noise`` (a network at initialisation, with batch statistics over a small batch, is far more sensitive
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train_step import make_batch  # noqa: E402
-from common import in_fresh_process, machine_summary, peak_mib_since, start_memory  # noqa: E402
+from common import in_fresh_process, machine_summary, peak_mib_since, start_memory, trained_mgrad_unet  # noqa: E402
 
 PRESETS = {
     "paper": {"features": (64, 128, 256, 512, 1024), "rfb_channels": 64},
@@ -73,13 +76,36 @@ class Precision:
         torch.backends.cudnn.allow_tf32 = self.tf32
 
 
-def build(preset: str, feedback_precision: str, device):
+def build(network: str, feedback_precision: str, device):
+    """``network``: a preset's name (random weights, seed 0, 9 classes) or the path of a trained checkpoint."""
     import torch
 
     from mgrad.networks import MGRADUNet
 
+    if network not in PRESETS:
+        return trained_mgrad_unet(network, feedback_precision=feedback_precision).to(device)
     torch.manual_seed(0)
-    return MGRADUNet(2, 1, 9, **PRESETS[preset], feedback_precision=feedback_precision).to(device)
+    return MGRADUNet(2, 1, 9, **PRESETS[network], feedback_precision=feedback_precision).to(device)
+
+
+def load_slices(folder: str, batch: int, size: int):
+    """``batch`` slices spread over the sorted SSL4MIS slice files (``*.h5``, an ``image`` in [0, 1]) of ``folder``,
+    resized to ``size`` x ``size`` as the bundle does: ``(batch, 1, size, size)``."""
+    import h5py
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    files = sorted(Path(folder).glob("*.h5"))
+    if len(files) < batch:
+        raise ValueError(f"{folder}: {len(files)} slice files (*.h5), need {batch}.")
+    chosen = [files[i] for i in np.linspace(0, len(files) - 1, batch).round().astype(int)]
+    images = []
+    for path in chosen:
+        with h5py.File(path, "r") as f:
+            image = torch.from_numpy(np.asarray(f["image"], dtype=np.float32))[None, None]
+        images.append(F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
+    return torch.cat(images)
 
 
 def effect(net, x, fb=None):
@@ -95,13 +121,14 @@ def effect(net, x, fb=None):
     return torch.cat(change).double(), torch.cat(logits).double(), fb
 
 
-def effect_errors(preset: str, size: int, batch: int, device_name: str) -> dict:
-    """Relative error of the effect for every row, and the float64 effect's own sensitivity."""
+def effect_errors(network: str, size: int, batch: int, device_name: str, images: str | None = None) -> dict:
+    """Relative error of the effect for every row, and the float64 effect's own sensitivity; ``images``: a folder of
+    slices (:func:`load_slices`) instead of the blob image."""
     import torch
 
     device = torch.device(device_name)
-    x = make_batch(batch, size)["image"].to(device)
-    reference_net = copy.deepcopy(build(preset, "autocast", device)).double()
+    x = (make_batch(batch, size)["image"] if images is None else load_slices(images, batch, size)).to(device)
+    reference_net = copy.deepcopy(build(network, "autocast", device)).double()
     reference, logits, fb = effect(reference_net, x.double())
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device).double()
     perturbed, _, _ = effect(reference_net, x.double() * (1 + 1e-4 * noise), fb)
@@ -112,14 +139,14 @@ def effect_errors(preset: str, size: int, batch: int, device_name: str) -> dict:
         "errors": {},
     }
     for precision, feedback_precision in rows(device.type):
-        net = build(preset, feedback_precision, device)
+        net = build(network, feedback_precision, device)
         with Precision(precision, device.type):
             change, _, _ = effect(net, x)
         result["errors"][f"{precision}/{feedback_precision}"] = ((change - reference).norm() / reference.norm()).item()
     return result
 
 
-def time_row(precision, feedback_precision, preset, size, batch, steps, device_name, channels_last, threads):
+def time_row(precision, feedback_precision, network, size, batch, steps, device_name, channels_last, threads):
     import torch
     from ignite.engine import Events
 
@@ -129,7 +156,7 @@ def time_row(precision, feedback_precision, preset, size, batch, steps, device_n
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device_name)
-    net = build(preset, feedback_precision, device)
+    net = build(network, feedback_precision, device)
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     trainer = MGRADTrainer(
         device=device,
@@ -178,6 +205,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda where available)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument("--checkpoint", default=None, help="trained weights (model.pt) instead of the preset's random")
+    parser.add_argument("--images", default=None, help="a folder of SSL4MIS slices (*.h5) instead of the blob image")
     parser.add_argument("--size", type=int, default=224, help="in-plane size (a multiple of 16)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2, help="timed training iterations per row (after 1 warm-up)")
@@ -192,13 +221,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    network = args.checkpoint or args.preset
     hardware = machine_summary(threads=args.threads)
     print(hardware)
     print(
-        f"MGRADUNet preset {args.preset} (in 1, out 9), batch {args.batch}, {args.size}x{args.size}, device {device}, "
-        f"channels_last {args.channels_last}"
+        f"MGRADUNet {network}, batch {args.batch} of {args.images or 'blob images'}, {args.size}x{args.size}, "
+        f"device {device}, channels_last {args.channels_last}"
     )
-    errors = effect_errors(args.preset, args.size, args.batch, device)
+    errors = effect_errors(network, args.size, args.batch, device, args.images)
     print(
         f"effect / logits (float64): {errors['effect_over_logits']:.2e}; float64 effect's change for a 1e-4 "
         f"input perturbation: {100 * errors['float64_sensitivity_1e-4']:.1f}%",
@@ -212,7 +242,7 @@ def main() -> None:
             "rel_error": errors["errors"][f"{precision}/{feedback_precision}"],
         }
         if not args.no_timing:
-            timing_args = (precision, feedback_precision, args.preset, args.size, args.batch, args.steps, device)
+            timing_args = (precision, feedback_precision, network, args.size, args.batch, args.steps, device)
             timing_args += (args.channels_last, args.threads)
             row.update(time_row(*timing_args) if device == "cuda" else in_fresh_process(time_row, *timing_args))
         results.append(row)

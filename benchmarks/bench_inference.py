@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import in_fresh_process, machine_summary, peak_mib_since, start_memory  # noqa: E402
+from common import in_fresh_process, machine_summary, peak_mib_since, start_memory, trained_mgrad_unet  # noqa: E402
 
 NETWORKS = ("MGRADUNet", "BasicUNet", "UNet")
 
@@ -57,12 +57,7 @@ def build_network(name: str, checkpoint: str | None = None):
 
     torch.manual_seed(0)
     if name == "MGRADUNet" and checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("model", state)
-        out_channels = state["side_heads.heads.0.conv.weight"].shape[0]
-        network = MGRADUNet(spatial_dims=2, in_channels=1, out_channels=out_channels)
-        network.load_state_dict(state)
-        return network
+        return trained_mgrad_unet(checkpoint)
     if name == "MGRADUNet":
         return MGRADUNet(spatial_dims=2, in_channels=1, out_channels=9)
     if name == "BasicUNet":

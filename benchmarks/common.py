@@ -1,5 +1,5 @@
 """Helpers shared by the benchmarks: peak resident memory, a fresh process per configuration, the machine (the
-package's :func:`mgrad.hardware.machine_summary`)."""
+package's :func:`mgrad.hardware.machine_summary`), a trained MGRAD-UNet from its checkpoint."""
 
 import resource
 from concurrent.futures import ProcessPoolExecutor
@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from mgrad.hardware import machine_summary
 
-__all__ = ["memory_kib", "start_memory", "peak_mib_since", "in_fresh_process", "machine_summary"]
+__all__ = ["memory_kib", "start_memory", "peak_mib_since", "in_fresh_process", "machine_summary", "trained_mgrad_unet"]
 
 
 def memory_kib(field: str) -> int:
@@ -39,3 +39,25 @@ def in_fresh_process(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     """``func(*args, **kwargs)`` in a new (spawned) Python process, so that its peak memory is its own."""
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         return pool.submit(func, *args, **kwargs).result()
+
+
+def trained_mgrad_unet(path: str | Path, **kwargs: Any):
+    """A 2D MGRAD-UNet with the weights of the checkpoint at ``path`` (a bundle's ``model.pt``), its widths and
+    classes read from the weights; ``kwargs`` go to ``MGRADUNet`` (``feedback_precision``, ...)."""
+    import torch
+
+    from mgrad.networks import MGRADUNet
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("encoder.")})
+    network = MGRADUNet(
+        spatial_dims=2,
+        in_channels=state["encoder.0.conv1.conv.weight"].shape[1],
+        out_channels=state["side_heads.heads.0.conv.weight"].shape[0],
+        features=[state[f"encoder.{i}.conv1.conv.weight"].shape[0] for i in levels],
+        rfb_channels=state["side_heads.heads.0.conv.weight"].shape[1],
+        **kwargs,
+    )
+    network.load_state_dict(state)
+    return network
