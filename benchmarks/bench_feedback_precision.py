@@ -14,7 +14,8 @@ above the table says how sensitive the effect is itself: its relative change whe
 than a trained one).
 
 Precisions: ``fp32`` (on CUDA with TF32 off), ``tf32`` (CUDA: float32 with TF32 convolutions, PyTorch's default),
-``fp16`` (CUDA: float16 autocast with the trainer's gradient scaler), ``bf16`` (bfloat16 autocast). Each runs with
+``fp16`` (CUDA: float16 autocast with the trainer's gradient scaler; on a CPU its error only, ``--precisions fp32
+fp16 bf16 --no-timing``), ``bf16`` (bfloat16 autocast). Each runs with
 ``feedback_precision`` ``full``, ``split`` and ``autocast`` (in plain ``fp32`` all three compute the same: one
 row). "s/step" is the median of ``--steps`` timed ``MGRADTrainer`` iterations (3 passes, an AdamW step each, after one
 warm-up), "peak MiB" the peak memory of the timed iterations (CUDA: allocated GPU memory; CPU: resident memory of a
@@ -43,12 +44,13 @@ FEEDBACK_PRECISIONS = ("full", "split", "autocast")
 
 
 def precisions(device_type: str) -> list[str]:
+    """The default precisions of a device (float16 autocast runs on a CPU too, for the error: ``--precisions``)."""
     return ["fp32", "tf32", "fp16", "bf16"] if device_type == "cuda" else ["fp32", "bf16"]
 
 
-def rows(device_type: str) -> list[tuple[str, str]]:
+def rows(chosen: list[str]) -> list[tuple[str, str]]:
     """(precision, feedback_precision) pairs; plain fp32 computes the same for every feedback_precision."""
-    return [("fp32", "full")] + [(p, f) for p in precisions(device_type)[1:] for f in FEEDBACK_PRECISIONS]
+    return [("fp32", "full")] + [(p, f) for p in chosen if p != "fp32" for f in FEEDBACK_PRECISIONS]
 
 
 class Precision:
@@ -121,9 +123,11 @@ def effect(net, x, fb=None):
     return torch.cat(change).double(), torch.cat(logits).double(), fb
 
 
-def effect_errors(network: str, size: int, batch: int, device_name: str, images: str | None = None) -> dict:
-    """Relative error of the effect for every row, and the float64 effect's own sensitivity; ``images``: a folder of
-    slices (:func:`load_slices`) instead of the blob image."""
+def effect_errors(
+    network: str, size: int, batch: int, device_name: str, chosen: list[str], images: str | None = None
+) -> dict:
+    """Relative error of the effect for every row of the ``chosen`` precisions, and the float64 effect's own
+    sensitivity; ``images``: a folder of slices (:func:`load_slices`) instead of the blob image."""
     import torch
 
     device = torch.device(device_name)
@@ -138,7 +142,7 @@ def effect_errors(network: str, size: int, batch: int, device_name: str, images:
         "float64_sensitivity_1e-4": ((perturbed - reference).norm() / reference.norm()).item(),
         "errors": {},
     }
-    for precision, feedback_precision in rows(device.type):
+    for precision, feedback_precision in rows(chosen):
         net = build(network, feedback_precision, device)
         with Precision(precision, device.type):
             change, _, _ = effect(net, x)
@@ -212,6 +216,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed training iterations per row (after 1 warm-up)")
     parser.add_argument("--channels-last", action="store_true", help="train in channels-last memory format")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--precisions", nargs="+", default=None, help="default: fp32 tf32 fp16 bf16 (CPU: fp32 bf16)")
     parser.add_argument("--no-timing", action="store_true", help="only the effect's errors")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -222,20 +227,23 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     network = args.checkpoint or args.preset
+    chosen = args.precisions or precisions(torch.device(device).type)
+    if device == "cpu" and not args.no_timing and "fp16" in chosen:
+        parser.error("float16 training runs on CUDA only: time it there, or give --no-timing for its error on a CPU")
     hardware = machine_summary(threads=args.threads)
     print(hardware)
     print(
         f"MGRADUNet {network}, batch {args.batch} of {args.images or 'blob images'}, {args.size}x{args.size}, "
         f"device {device}, channels_last {args.channels_last}"
     )
-    errors = effect_errors(network, args.size, args.batch, device, args.images)
+    errors = effect_errors(network, args.size, args.batch, device, chosen, args.images)
     print(
         f"effect / logits (float64): {errors['effect_over_logits']:.2e}; float64 effect's change for a 1e-4 "
         f"input perturbation: {100 * errors['float64_sensitivity_1e-4']:.1f}%",
         flush=True,
     )
     results = []
-    for precision, feedback_precision in rows(torch.device(device).type):
+    for precision, feedback_precision in rows(chosen):
         row = {
             "precision": precision,
             "feedback_precision": feedback_precision,
