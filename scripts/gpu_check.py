@@ -1,7 +1,7 @@
 """The GPU check: the GPU benchmarks and a short ``mgrad reproduce acdc``, every figure in one JSON.
 
     python scripts/gpu_check.py --out DIR [--acdc-pack .device/acdc.pkl.xz --unpack .device/unpack_acdc.py]
-                                [--parts feedback train_step reproduce inference profile] [--train-seconds 100]
+        [--parts feedback train_step reproduce feedback_trained inference profile] [--train-seconds 90]
 
 Run by ``scripts/gpu_check.sh`` on a bare GPU machine (it installs the wheels first). Each part runs as its own
 command with a time limit, its output in ``DIR/<part>.log``; ``DIR/gpu_check.json`` collects the machine, each
@@ -17,11 +17,12 @@ configuration run twice: cold and from Inductor's cache), ``inference`` (benchma
 speed at batch 12 and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else
 random ones), ``inference_compile`` (the same with the compiled fast path too, its compilation timed as the
 warm-up), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
-protocols, then ``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference
-engine's run: volumes per second with and without the start-up), ``profile`` (benchmarks/profile_step.py: where the
-time of a training iteration and of an inference call goes, by operator, kernel and convolution, in
-``DIR/profile/``). The parts run in the order feedback, train_step, compile, reproduce, inference,
-inference_compile, end-to-end inference, profile.
+protocols), ``feedback_trained`` (the feedback's error of each precision mode on those trained weights and real
+slices, against float64), the end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the
+test volumes, timed as a process and as the inference engine's run: volumes per second with and without the
+start-up), ``profile`` (benchmarks/profile_step.py: where the time of a training iteration and of an inference call
+goes, by operator, kernel and convolution, in ``DIR/profile/``). The parts run in the order feedback, train_step,
+compile, reproduce, feedback_trained, inference, inference_compile, end-to-end inference, profile.
 """
 
 import argparse
@@ -82,8 +83,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--acdc-pack", default=".device/acdc.pkl.xz")
     parser.add_argument("--unpack", default=".device/unpack_acdc.py")
-    parser.add_argument("--parts", nargs="+", default=["feedback", "train_step", "reproduce", "inference", "profile"])
-    parser.add_argument("--train-seconds", type=int, default=100)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["feedback", "train_step", "reproduce", "feedback_trained", "inference", "profile"],
+    )
+    parser.add_argument("--train-seconds", type=int, default=90)
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -128,6 +133,11 @@ def main() -> None:
             (out / "table.md").write_text((runs / "table.md").read_text())
         record("reproduce", {**result, "split": split, "result": table})
     weights = next(iter(sorted(runs.glob("**/model.pt"))), None)
+    if "feedback_trained" in args.parts and weights is not None:
+        command = [py, "benchmarks/bench_feedback_precision.py", "--device", "cuda", *bench, "--no-timing"]
+        command += ["--checkpoint", str(weights), "--images", str(data / "slices"), "--json", str(out / "fbt.json")]
+        result = run(out, "feedback_trained", command, 120)
+        record("feedback_trained", {**result, "result": read_json(out / "fbt.json")})
     # the speed does not depend on the weights: trained ones (where reproduce ran) also give the label agreement
     inference = [py, "benchmarks/bench_inference.py", "--networks", "MGRADUNet", "--slices", "240", "--size", "224"]
     inference += ["--sw-batch-size", "12"] + ([] if weights is None else ["--checkpoint", str(weights)])

@@ -2,8 +2,8 @@
 # The GPU check on a bare GPU machine without network (torch with CUDA there; monai, nibabel, pytorch-ignite, fire
 # and termcolor given as wheels): installs the wheels, then runs scripts/gpu_check.py, which writes every figure to
 # OUT_DIR/gpu_check.json (see its docstring). About 8.5 minutes on one H100/H200 with the default parts (the
-# benchmarks, a 100 s reproduction, inference, a profile); the compiled parts run on their own: --parts compile
-# (training, up to 7 minutes), --parts inference_compile (up to 6 minutes).
+# benchmarks, a 90 s reproduction, the feedback's precision on its weights, inference, a profile); the compiled parts
+# run on their own: --parts compile (training, up to 7 minutes), --parts inference_compile (up to 6 minutes).
 #   bash scripts/gpu_check.sh OUT_DIR [WHEEL_DIR (.device/whl)] [more gpu_check.py options]
 # The wheels and the packed ACDC data are made with ../shared/device/README.md's commands.
 set -euo pipefail
