@@ -61,7 +61,7 @@ def top_entries(profile, device_type: str, rows: int) -> dict:
 
 
 def write_table(profile, device_type: str, rows: int, path: Path) -> None:
-    sort_by = "self_cuda_time_total" if device_type == "cuda" else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if device_type == "cuda" else "self_cpu_time_total"
     path.write_text(profile.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=80))
 
 
