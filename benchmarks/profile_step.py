@@ -43,14 +43,21 @@ PRESETS = {
 
 
 def top_entries(profile, device_type: str, rows: int) -> dict:
-    """The total self time and the ``rows`` largest entries of ``profile``'s ``key_averages``."""
+    """The total self time and the ``rows`` largest entries of ``profile``'s ``key_averages``.
+
+    On CUDA an operator's self device time is that of the kernels it launched, which are entries of their own: the
+    total is the kernels' time, and each entry's share (operator or kernel) is a share of it."""
+    from torch.autograd import DeviceType
+
     attribute = "self_device_time_total" if device_type == "cuda" else "self_cpu_time_total"
     events = [e for e in profile.key_averages() if getattr(e, attribute) > 0]
-    total = sum(getattr(e, attribute) for e in events)
+    counted = [e for e in events if device_type != "cuda" or e.device_type != DeviceType.CPU]
+    total = sum(getattr(e, attribute) for e in counted)
     events.sort(key=lambda e: getattr(e, attribute), reverse=True)
     entries = [
         {
             "name": e.key,
+            "kind": "operator" if e.device_type == DeviceType.CPU else "kernel",
             "calls": e.count,
             "self_ms": getattr(e, attribute) / 1000,
             "share": getattr(e, attribute) / total if total else 0.0,
