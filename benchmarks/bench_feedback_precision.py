@@ -34,12 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train_step import make_batch  # noqa: E402
-from common import in_fresh_process, machine_summary, peak_mib_since, start_memory, trained_mgrad_unet  # noqa: E402
+from common import (  # noqa: E402
+    PRESET_WIDTHS,
+    in_fresh_process,
+    machine_summary,
+    peak_mib_since,
+    start_memory,
+    trained_mgrad_unet,
+)
 
-PRESETS = {
-    "paper": {"features": (64, 128, 256, 512, 1024), "rfb_channels": 64},
-    "small": {"features": (16, 32, 64, 128, 256), "rfb_channels": 16},
-}
 FEEDBACK_PRECISIONS = ("full", "split", "autocast")
 
 
@@ -84,10 +87,10 @@ def build(network: str, feedback_precision: str, device):
 
     from mgrad.networks import MGRADUNet
 
-    if network not in PRESETS:
+    if network not in PRESET_WIDTHS:
         return trained_mgrad_unet(network, feedback_precision=feedback_precision).to(device)
     torch.manual_seed(0)
-    return MGRADUNet(2, 1, 9, **PRESETS[network], feedback_precision=feedback_precision).to(device)
+    return MGRADUNet(2, 1, 9, **PRESET_WIDTHS[network], feedback_precision=feedback_precision).to(device)
 
 
 def load_slices(folder: str, batch: int, size: int):
@@ -208,7 +211,7 @@ def time_row(precision, feedback_precision, network, size, batch, steps, device_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda where available)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument("--preset", choices=sorted(PRESET_WIDTHS), default="paper")
     parser.add_argument("--checkpoint", default=None, help="trained weights (model.pt) instead of the preset's random")
     parser.add_argument("--images", default=None, help="a folder of SSL4MIS slices (*.h5) instead of the blob image")
     parser.add_argument("--size", type=int, default=224, help="in-plane size (a multiple of 16)")

@@ -9,7 +9,21 @@ from typing import Any, Callable
 
 from mgrad.hardware import machine_summary
 
-__all__ = ["memory_kib", "start_memory", "peak_mib_since", "in_fresh_process", "machine_summary", "trained_mgrad_unet"]
+__all__ = [
+    "PRESET_WIDTHS",
+    "memory_kib",
+    "start_memory",
+    "peak_mib_since",
+    "in_fresh_process",
+    "machine_summary",
+    "trained_mgrad_unet",
+]
+
+PRESET_WIDTHS = {
+    "paper": {"features": (64, 128, 256, 512, 1024), "rfb_channels": 64},
+    "small": {"features": (16, 32, 64, 128, 256), "rfb_channels": 16},
+}
+"""MGRADUNet's widths in the bundle's presets (``size_presets`` of ``bundle/configs/common.json``)."""
 
 
 def memory_kib(field: str) -> int:

@@ -32,14 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_inference import make_volume  # noqa: E402
 from bench_train_step import build_trainer  # noqa: E402
-from common import machine_summary  # noqa: E402
+from common import PRESET_WIDTHS, machine_summary  # noqa: E402
 
 from mgrad.writers import write_json  # noqa: E402
-
-PRESETS = {
-    "paper": {"features": (64, 128, 256, 512, 1024), "rfb_channels": 64},
-    "small": {"features": (16, 32, 64, 128, 256), "rfb_channels": 16},
-}
 
 
 def top_entries(profile, device_type: str, rows: int) -> dict:
@@ -293,12 +288,12 @@ def main() -> None:
     parser.add_argument("--config", default="cl+fused", help="the training configuration (bench_train_step.py)")
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--size", type=int, default=224, help="in-plane size (a multiple of 16)")
-    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="the network's widths")
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESET_WIDTHS), help="the network's widths")
     parser.add_argument("--warmup", type=int, default=2, help="training iterations before the profiled one")
     parser.add_argument("--rows", type=int, default=40, help="entries kept in each table")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    widths = PRESETS[args.preset]
+    widths = PRESET_WIDTHS[args.preset]
     report: dict = {"machine": machine_summary(), "config": args.config, "batch": args.batch, "size": args.size}
     report["preset"] = args.preset
     print(report["machine"])
