@@ -3,6 +3,7 @@ in training (feedback passes, bfloat16 autocast with the feedback kept in float3
 
 import copy
 import os
+import shutil
 
 import pytest
 import torch
@@ -66,6 +67,7 @@ def test_bundle_network_compiled_on_request(tmp_path, monkeypatch):
     assert cache.is_dir() and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="Inductor on CPU needs a C++ compiler")
 def test_compiled_inference_matches_plain_path_and_compiles_again_for_new_weights():
     from mgrad.inferers import VolumeSliceInferer
 
