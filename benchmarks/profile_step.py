@@ -145,7 +145,7 @@ def network_convolutions(batch: int, size: int, widths: dict, device) -> dict[tu
     return found
 
 
-def seconds_per_call(call, device, repeats: int = 5) -> float:
+def seconds_per_call(call, device, repeats: int = 3) -> float:
     """Mean seconds of ``call()`` after one untimed call (autotuning, primitive creation)."""
     import torch
 
@@ -297,7 +297,17 @@ def main() -> None:
     report: dict = {"machine": machine_summary(), "config": args.config, "batch": args.batch, "size": args.size}
     report["preset"] = args.preset
     print(report["machine"])
-    # each result is written as soon as it exists: a later part that fails loses nothing of the earlier ones
+    # each result is written as soon as it exists: a part that fails or runs out of time loses nothing before it
+    for name, profile in (
+        ("train", lambda: profile_training(args.config, args.batch, args.size, args.warmup, widths)),
+        ("inference", lambda: profile_inference(args.batch, args.size, widths)),
+    ):
+        profiler, device_type = profile()
+        write_table(profiler, device_type, args.rows, args.out / f"{name}_ops.txt")
+        report[name] = top_entries(profiler, device_type, args.rows)
+        write_json(args.out / "profile.json", report)
+        top = ", ".join(f"{e['name'][:40]} {100 * e['share']:.0f}%" for e in report[name]["entries"][:5])
+        print(f"{name}: {report[name]['total_ms']:.1f} ms of {report[name]['time']}; largest: {top}", flush=True)
     convolutions = report["convolutions"] = convolution_table(args.batch, args.size, widths)
     write_convolutions(convolutions, args.out / "convolutions.txt")
     write_json(args.out / "profile.json", report)
@@ -312,16 +322,6 @@ def main() -> None:
         "training convolution forwards: "
         + ", ".join(f"{n} {sum(r[n + '_ms'] for r in training):.1f} ms" for n in names)
     )
-    for name, profile in (
-        ("inference", lambda: profile_inference(args.batch, args.size, widths)),
-        ("train", lambda: profile_training(args.config, args.batch, args.size, args.warmup, widths)),
-    ):
-        profiler, device_type = profile()
-        write_table(profiler, device_type, args.rows, args.out / f"{name}_ops.txt")
-        report[name] = top_entries(profiler, device_type, args.rows)
-        write_json(args.out / "profile.json", report)
-        top = ", ".join(f"{e['name'][:40]} {100 * e['share']:.0f}%" for e in report[name]["entries"][:5])
-        print(f"{name}: {report[name]['total_ms']:.1f} ms of {report[name]['time']}; largest: {top}", flush=True)
 
 
 if __name__ == "__main__":

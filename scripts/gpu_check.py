@@ -178,7 +178,7 @@ def main() -> None:
         )
     if "profile" in args.parts:
         command = [py, "benchmarks/profile_step.py", "--out", str(out / "profile"), *bench, "--preset", "paper"]
-        result = run(out, "profile", command, 90)
+        result = run(out, "profile", command, 120)
         record("profile", {**result, "result": read_json(out / "profile" / "profile.json")})
 
 
