@@ -160,8 +160,8 @@ def seconds_per_call(call, device, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def convolution_table(batch: int, size: int, widths: dict) -> list[dict]:
-    """Each distinct convolution of the eval-mode network, timed alone as the fast path runs it."""
+def convolution_table(found: dict[tuple, int], size: int) -> list[dict]:
+    """Each distinct convolution of ``found`` (:func:`network_convolutions`), timed alone as the fast path runs it."""
     import torch
     import torch.nn.functional as F
 
@@ -173,7 +173,7 @@ def convolution_table(batch: int, size: int, widths: dict) -> list[dict]:
     torch.backends.cudnn.benchmark = True
     rows = []
     with torch.inference_mode():
-        for config, calls in network_convolutions(batch, size, widths, device).items():
+        for config, calls in found.items():
             shape, weight_shape, stride, padding, dilation, groups = config
             x = torch.rand(shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
             w = torch.rand(weight_shape, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -211,11 +211,12 @@ def stacked_split_conv(x, weight, bias, stride, padding, dilation, groups):
     return F.conv2d(stacked_x, stacked_w, bias, stride, padding, dilation)
 
 
-def training_convolution_table(batch: int, size: int, widths: dict) -> list[dict]:
-    """Each distinct convolution's forward as training computes it, float32 operands, channels-last: ``tf32``
-    (TF32 convolutions: the released code's arithmetic), ``split`` (the default ``feedback_precision="full"``: three
-    products), ``stacked`` (the same products as one convolution, :func:`stacked_split_conv`), ``fp16`` (autocast's
-    operands); milliseconds a forward for each, and the largest relative difference of ``stacked`` from ``split``."""
+def training_convolution_table(found: dict[tuple, int]) -> list[dict]:
+    """Each distinct convolution's forward in ``found`` (:func:`network_convolutions`) as training computes it,
+    float32 operands, channels-last: ``tf32`` (TF32 convolutions: the released code's arithmetic), ``split`` (the
+    default ``feedback_precision="full"``: three products), ``stacked`` (the same products as one convolution,
+    :func:`stacked_split_conv`), ``fp16`` (autocast's operands); milliseconds a forward for each, and the largest
+    relative difference of ``stacked`` from ``split``."""
     import torch
     import torch.nn.functional as F
 
@@ -228,7 +229,7 @@ def training_convolution_table(batch: int, size: int, widths: dict) -> list[dict
     rows = []
     try:
         with torch.no_grad():
-            for config, calls in network_convolutions(batch, size, widths, device).items():
+            for config, calls in found.items():
                 shape, weight_shape, stride, padding, dilation, groups = config
                 x = torch.rand(shape, device=device).contiguous(memory_format=torch.channels_last)
                 w = torch.randn(weight_shape, device=device).contiguous(memory_format=torch.channels_last)
@@ -292,6 +293,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="training iterations before the profiled one")
     parser.add_argument("--rows", type=int, default=40, help="entries kept in each table")
     args = parser.parse_args()
+
+    import torch
+
     args.out.mkdir(parents=True, exist_ok=True)
     widths = PRESET_WIDTHS[args.preset]
     report: dict = {"machine": machine_summary(), "config": args.config, "batch": args.batch, "size": args.size}
@@ -308,13 +312,15 @@ def main() -> None:
         write_json(args.out / "profile.json", report)
         top = ", ".join(f"{e['name'][:40]} {100 * e['share']:.0f}%" for e in report[name]["entries"][:5])
         print(f"{name}: {report[name]['total_ms']:.1f} ms of {report[name]['time']}; largest: {top}", flush=True)
-    convolutions = report["convolutions"] = convolution_table(args.batch, args.size, widths)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    found = network_convolutions(args.batch, args.size, widths, device)
+    convolutions = report["convolutions"] = convolution_table(found, args.size)
     write_convolutions(convolutions, args.out / "convolutions.txt")
     write_json(args.out / "profile.json", report)
     top = ", ".join(f"{'x'.join(map(str, r['weight']))} dilation {r['dilation'][0]} on {r['input'][-1]}: "
                     f"{r['total_ms']:.2f} ms at {r['tflops']:.3g} TFLOP/s" for r in convolutions[:3])  # fmt: skip
     print(f"convolutions: {len(convolutions)} distinct, {sum(r['total_ms'] for r in convolutions):.1f} ms; {top}")
-    training = report["training_convolutions"] = training_convolution_table(args.batch, args.size, widths)
+    training = report["training_convolutions"] = training_convolution_table(found)
     write_training_convolutions(training, args.out / "training_convolutions.txt")
     write_json(args.out / "profile.json", report)
     names = ("tf32", "split", "stacked", "fp16")
