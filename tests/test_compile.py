@@ -75,7 +75,8 @@ def test_compiled_inference_matches_plain_path_and_compiles_again_for_new_weight
     net = MGRADUNet(2, 1, 3, features=(4, 8), rfb_channels=4).eval()
     volume = torch.rand(1, 1, 16, 16, 3)  # 3 slices, batches of 2: the last batch is padded to the compiled shape
     plain = VolumeSliceInferer((16, 16), sw_batch_size=2, fast=False)
-    compiled = VolumeSliceInferer((16, 16), sw_batch_size=2, compile=True)  # Inductor, frozen weights on CPU
+    # Inductor with frozen weights on CPU; float32 on every CPU (where bfloat16 is native, the default would use it)
+    compiled = VolumeSliceInferer((16, 16), sw_batch_size=2, low_precision=False, compile=True)
     with torch.inference_mode():
         torch.testing.assert_close(compiled(volume, net), plain(volume, net), rtol=1e-4, atol=1e-5)
     assert isinstance(compiled._folded[2], torch._dynamo.eval_frame.OptimizedModule)
