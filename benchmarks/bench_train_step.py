@@ -18,10 +18,12 @@ of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``); ``fbspl
 ``MGRADUNet(feedback_precision="split"/"autocast")`` in place of the default ``"full"`` (which part computes in float32
 under ``amp``; see ``bench_feedback_precision.py``); ``bf16`` bfloat16 autocast on CUDA too (no gradient scaler);
 ``fused`` the fused AdamW (``torch.optim.AdamW(fused=True)``), which also skips a non-finite step on the device;
-``compile`` regional compilation (:func:`mgrad.networks.compile_regions`, Inductor), ``cudagraphs`` the same in
-``torch.compile``'s ``reduce-overhead`` mode (CUDA graphs). A compiled configuration runs twice, each in a fresh
-process: "first step s" of the first run is the warm-up with a cold cache (``--warmup`` should cover the
-compilation), "cached first step s" that of the second run, which compiles from Inductor's on-disk cache.
+``vmaploss`` the aggregated loss evaluated through ``vmap`` over MONAI's ``DiceCELoss`` instead of its fused
+form (``AggregatedLoss(fused=False)``); ``compile`` regional compilation (:func:`mgrad.networks.compile_regions`,
+Inductor), ``cudagraphs`` the same in ``torch.compile``'s ``reduce-overhead`` mode (CUDA graphs). A compiled
+configuration runs twice, each in a fresh process: "first step s" of the first run is the warm-up with a cold cache
+(``--warmup`` should cover the compilation), "cached first step s" that of the second run, which compiles from
+Inductor's on-disk cache.
 ``--json PATH`` writes the results (and the machine line) to a JSON file.
 """
 
@@ -58,7 +60,7 @@ def build_trainer(config: str, batch: int, size: int, iterations: int, widths: d
     import torch
 
     from mgrad.engines import MGRADTrainer
-    from mgrad.losses import MGRADLoss
+    from mgrad.losses import AggregatedLoss, MGRADLoss
     from mgrad.networks import MGRADUNet, compile_regions
 
     options = set(config.split("+"))
@@ -72,13 +74,16 @@ def build_trainer(config: str, batch: int, size: int, iterations: int, widths: d
     if options & {"compile", "cudagraphs"}:
         compile_regions(network, mode="reduce-overhead" if "cudagraphs" in options else None)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4, fused="fused" in options or None)
+    loss = MGRADLoss()
+    if "vmaploss" in options:
+        loss.side_loss = AggregatedLoss(loss.loss, fused=False)
     return MGRADTrainer(
         device=device,
         max_epochs=1,
         train_data_loader=[make_batch(batch, size)] * iterations,
         network=network,
         optimizer=optimizer,
-        loss_function=MGRADLoss(),
+        loss_function=loss,
         amp="amp" in options or "bf16" in options,
         amp_kwargs={"dtype": torch.bfloat16} if "bf16" in options else None,
         channels_last="cl" in options,

@@ -9,6 +9,7 @@ from torch.nn.modules.loss import _Loss
 import mgrad.losses
 from mgrad.losses import AggregatedLoss, MGRADLoss
 from mgrad.losses.aggregated import subset_matrix
+from mgrad.losses.aggregated_dice_ce import aggregated_dice_ce, fusable_dice_ce
 from mgrad.losses.mgrad_loss import default_segmentation_loss
 from mgrad.networks import MGRADOutput
 
@@ -56,6 +57,90 @@ def test_aggregated_loss_equals_naive_loop(n):
         torch.testing.assert_close(f, s, rtol=1e-4, atol=1e-6)
     stacked = AggregatedLoss(loss)(torch.stack(maps), target)
     assert stacked.item() == pytest.approx(fast.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("squared_pred", [True, False])
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("spatial", [(12, 10), (3, 6, 5)])
+def test_fused_dice_ce_equals_monai_term_by_term(squared_pred, include_background, spatial):
+    """The fused aggregated DiceCE against MONAI's DiceCELoss on each subset sum: float64 to 1e-7 (MONAI's squared
+    form derives the intersection from norms, which costs it a few 1e-9), gradients too; float32 to 1e-5."""
+    loss = DiceCELoss(
+        include_background=include_background,
+        to_onehot_y=True,
+        softmax=True,
+        batch=True,
+        squared_pred=squared_pred,
+        lambda_dice=0.7,
+        lambda_ce=0.3,
+    )
+    aggregated = AggregatedLoss(loss, reduction="none")
+    assert aggregated.fused
+    torch.manual_seed(len(spatial))
+    target = torch.randint(0, 4, (2, 1, *spatial)).float()
+    for dtype, tol in ((torch.float64, 1e-7), (torch.float32, 1e-5)):
+        maps = [torch.randn(2, 4, *spatial, dtype=dtype, requires_grad=True) for _ in range(5)]
+        fused = aggregated(maps, target)
+        rows = [loss(sum(m * w for m, w in zip(maps, row)), target) for row in subset_matrix(5, dtype).tolist()]
+        torch.testing.assert_close(fused, torch.stack(rows), rtol=tol, atol=tol)
+        weights = torch.rand(31, dtype=dtype)
+        got = torch.autograd.grad((fused * weights).sum(), maps)
+        expected = torch.autograd.grad((torch.stack(rows) * weights).sum(), maps)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=tol, atol=tol * 1e-2)
+
+
+def test_fused_dice_ce_takes_the_losses_it_computes_exactly():
+    assert AggregatedLoss(default_segmentation_loss(squared_pred=True)).fused
+    assert fusable_dice_ce(MGRADLoss().loss)
+    base = {"softmax": True, "to_onehot_y": True, "batch": True}
+    for other in (
+        {"batch": False},
+        {"softmax": False, "sigmoid": True},
+        {"jaccard": True},
+        {"label_smoothing": 0.1},
+        {"weight": torch.ones(3)},
+        {"reduction": "sum"},
+    ):
+        assert not fusable_dice_ce(DiceCELoss(**{**base, **other})), other
+    assert not fusable_dice_ce(DiceLoss(softmax=True, to_onehot_y=True))
+
+
+def test_unfused_losses_and_one_hot_targets_match_the_loop():
+    torch.manual_seed(3)
+    maps = [torch.randn(2, 3, 8, 8) for _ in range(3)]
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    per_sample = DiceCELoss(softmax=True, to_onehot_y=True, batch=False)
+    assert not AggregatedLoss(per_sample).fused
+    expected = naive_aggregated(per_sample, maps, target)
+    assert AggregatedLoss(per_sample)(maps, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    onehot = F.one_hot(target[:, 0], 3).movedim(-1, 1).float()
+    pooled = DiceCELoss(softmax=True, batch=True)  # one-hot targets: the vmap path
+    expected = naive_aggregated(pooled, maps, onehot)
+    assert AggregatedLoss(pooled)(maps, onehot).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_fused_dice_ce_under_autocast():
+    """bfloat16 maps (autocast's side predictions): the loss computes in float32 and returns bfloat16 gradients."""
+    torch.manual_seed(4)
+    maps = torch.randn(5, 2, 4, 16, 16).bfloat16().requires_grad_()
+    target = torch.randint(0, 4, (2, 1, 16, 16))
+    loss = AggregatedLoss(default_segmentation_loss(squared_pred=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(maps, target)
+    assert value.dtype == torch.float32
+    exact = naive_aggregated(loss.loss, list(maps.detach().float()), target)
+    assert value.item() == pytest.approx(exact.item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(value, maps)
+    assert grad.dtype == torch.bfloat16 and grad.abs().sum() > 0
+
+
+def test_fused_dice_ce_errors():
+    loss = default_segmentation_loss()
+    with pytest.raises(ValueError, match=r"got maps \[5, 2, 4, 8, 8\] and target \[2, 1, 4, 4\]"):
+        aggregated_dice_ce(torch.zeros(5, 2, 4, 8, 8), subset_matrix(5), torch.zeros(2, 1, 4, 4), loss)
+    with pytest.raises(ValueError, match="C > 1"):
+        aggregated_dice_ce(torch.zeros(5, 2, 1, 8, 8), subset_matrix(5), torch.zeros(2, 1, 8, 8), loss)
 
 
 def test_aggregated_loss_errors():
