@@ -13,16 +13,18 @@ step of every precision mode, paper widths, batch 12, 224x224, channels-last), `
 (benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, with float16
 autocast, and with the receptive field blocks checkpointed for memory; the inexact modes' speed is in
 ``feedback``), ``compile`` (the bundle's settings and float16 with regional compilation, each compiled
-configuration run twice: cold and from Inductor's cache), ``inference`` (benchmarks/bench_inference.py: per-slice
-speed at batch 12 and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else
-random ones), ``inference_compile`` (the same with the compiled fast path too, its compilation timed as the
-warm-up), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
-protocols), ``feedback_trained`` (the feedback's error of each precision mode on those trained weights and real
-slices, against float64), the end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the
-test volumes, timed as a process and as the inference engine's run: volumes per second with and without the
-start-up), ``profile`` (benchmarks/profile_step.py: where the time of a training iteration and of an inference call
-goes, by operator, kernel and convolution, in ``DIR/profile/``). The parts run in the order feedback, train_step,
-compile, reproduce, feedback_trained, inference, inference_compile, end-to-end inference, profile.
+configuration run twice: cold and from Inductor's cache), ``loss`` (benchmarks/bench_loss.py: the aggregated
+loss, fused against MONAI's ``DiceCELoss`` through ``vmap``, batch 12, 9 classes), ``inference``
+(benchmarks/bench_inference.py: per-slice speed at batch 12 and the label agreement with float32, on the trained
+weights where ``reproduce`` ran first, else random ones), ``inference_compile`` (the same with the compiled fast
+path too, its compilation timed as the warm-up), ``reproduce`` (the paper preset on the packed ACDC data for
+``--train-seconds``, evaluated under both test protocols), ``feedback_trained`` (the feedback's error of each
+precision mode on those trained weights and real slices, against float64), the end-to-end inference (after
+``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference
+engine's run: volumes per second with and without the start-up), ``profile`` (benchmarks/profile_step.py: where the
+time of a training iteration and of an inference call goes, by operator, kernel and convolution, in
+``DIR/profile/``). The parts run in the order feedback, train_step, compile, loss, reproduce, feedback_trained,
+inference, inference_compile, end-to-end inference, profile.
 """
 
 import argparse
@@ -121,6 +123,10 @@ def main() -> None:
         command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
         result = run(out, "compile", command + ["--json", str(out / "compile.json")], 420)
         record("compile", {**result, "result": read_json(out / "compile.json")})
+    if "loss" in args.parts:
+        command = [py, "benchmarks/bench_loss.py", *bench, "--classes", "9", "--json", str(out / "loss.json")]
+        result = run(out, "loss", command, 120)
+        record("loss", {**result, "result": read_json(out / "loss.json")})
     data, runs = Path("/tmp/acdc"), Path("/tmp/reproduce_acdc")
     if "reproduce" in args.parts:
         result = run(out, "unpack", [py, args.unpack, args.acdc_pack, str(data)], 120)
