@@ -104,7 +104,9 @@ def main() -> None:
 
     def record(name: str, result: dict) -> None:
         report["parts"][name] = result
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+        partial = out / "gpu_check.json.partial"  # replaced in one step: a killed run leaves the last whole report
+        partial.write_text(json.dumps(report, indent=1))
+        partial.replace(out / "gpu_check.json")
         print(f"{name}: {result.get('rc')} in {result.get('seconds')} s", flush=True)
 
     bench = ["--size", "224", "--batch", "12"]
