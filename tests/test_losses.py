@@ -105,6 +105,12 @@ def test_fused_dice_ce_takes_the_losses_it_computes_exactly():
         assert not fusable_dice_ce(DiceCELoss(**{**base, **other})), other
     assert not fusable_dice_ce(DiceLoss(softmax=True, to_onehot_y=True))
 
+    class HalfDiceCE(DiceCELoss):
+        def forward(self, input, target):
+            return 0.5 * super().forward(input, target)
+
+    assert not fusable_dice_ce(HalfDiceCE(**base))
+
 
 def test_unfused_losses_and_one_hot_targets_match_the_loop():
     torch.manual_seed(3)

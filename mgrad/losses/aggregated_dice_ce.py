@@ -25,8 +25,9 @@ def fusable_dice_ce(loss: object) -> bool:
     """Whether ``loss`` is a ``DiceCELoss`` that :func:`aggregated_dice_ce` computes exactly: softmax over the
     classes, class-index targets turned into one-hot (``to_onehot_y``), Dice pooled over the batch (``batch=True``),
     mean reductions, no class weights, no label smoothing, no ignored index, not Jaccard. The losses this package
-    builds (:func:`~mgrad.losses.mgrad_loss.default_segmentation_loss`) are; any other loss runs unfused."""
-    if not isinstance(loss, DiceCELoss):
+    builds (:func:`~mgrad.losses.mgrad_loss.default_segmentation_loss`) are; any other loss, a subclass of
+    ``DiceCELoss`` included (its ``forward`` may differ), runs unfused."""
+    if type(loss) is not DiceCELoss:
         return False
     dice, ce = loss.dice, loss.cross_entropy
     return (
