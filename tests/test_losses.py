@@ -112,7 +112,7 @@ def test_fused_dice_ce_takes_the_losses_it_computes_exactly():
     assert not fusable_dice_ce(HalfDiceCE(**base))
 
 
-def test_unfused_losses_and_one_hot_targets_match_the_loop():
+def test_unfused_losses_one_hot_and_strided_targets_match_the_loop():
     torch.manual_seed(3)
     maps = [torch.randn(2, 3, 8, 8) for _ in range(3)]
     target = torch.randint(0, 3, (2, 1, 8, 8))
@@ -120,6 +120,10 @@ def test_unfused_losses_and_one_hot_targets_match_the_loop():
     assert not AggregatedLoss(per_sample).fused
     expected = naive_aggregated(per_sample, maps, target)
     assert AggregatedLoss(per_sample)(maps, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    fused = AggregatedLoss(DiceCELoss(softmax=True, to_onehot_y=True, batch=True))
+    transposed = [m.transpose(2, 3) for m in maps]  # non-contiguous maps and target
+    expected = naive_aggregated(fused.loss, transposed, target.transpose(2, 3))
+    assert fused(transposed, target.transpose(2, 3)).item() == pytest.approx(expected.item(), rel=1e-6)
     onehot = F.one_hot(target[:, 0], 3).movedim(-1, 1).float()
     pooled = DiceCELoss(softmax=True, batch=True)  # one-hot targets: the vmap path
     expected = naive_aggregated(pooled, maps, onehot)

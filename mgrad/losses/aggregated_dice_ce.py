@@ -105,7 +105,7 @@ class _AggregatedDiceCE(torch.autograd.Function):
                 torch.exp(logp, out=prob[rows])
             reduce = (1, *range(3, prob.dim()))
             pred_sum = torch.linalg.vector_norm(prob, 2, reduce).square() if squared else prob.sum(reduce)
-            onehot = prob.new_zeros(labels.numel(), prob.shape[2]).scatter_(1, labels.view(-1, 1), 1.0)
+            onehot = prob.new_zeros(labels.numel(), prob.shape[2]).scatter_(1, labels.reshape(-1, 1), 1.0)
             intersection = logp_t.exp().flatten(1) @ onehot
             denominator = pred_sum + onehot.sum(0) + smooth_dr
             dice = 1.0 - (2.0 * intersection + smooth_nr) / denominator
