@@ -24,11 +24,16 @@ Inductor), ``cudagraphs`` the same in ``torch.compile``'s ``reduce-overhead`` mo
 configuration runs twice, each in a fresh process: "first step s" of the first run is the warm-up with a cold cache
 (``--warmup`` should cover the compilation), "cached first step s" that of the second run, which compiles from
 Inductor's on-disk cache.
-``--json PATH`` writes the results (and the machine line) to a JSON file.
+``--json PATH`` writes the results (and the machine line) to a JSON file. ``--exact-memory`` (CPU) fixes glibc's
+mmap threshold at 64 KiB in the configurations' processes (``MALLOC_MMAP_THRESHOLD_``), so every tensor's memory is
+returned when it is freed and "peak MiB" follows the live tensors closely (by default glibc keeps freed blocks of up
+to 32 MiB, and the peak varies by 10% from run to run); the page faults this costs slow the steps, so compare its
+times only with each other.
 """
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -143,7 +148,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--exact-memory", action="store_true", help="peak memory of live tensors (CPU; see above)")
     args = parser.parse_args()
+    if args.exact_memory:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)  # read by the spawned processes' glibc at start
     configs = ["plain", *[c for c in args.configs if c != "plain"]]
     print(machine_summary(threads=args.threads))
     print(

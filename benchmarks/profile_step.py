@@ -14,11 +14,14 @@ the fast path's precision and memory format: milliseconds a call, calls a forwar
 one's forward as training computes it: TF32, the default exact feedback precision (three split-bfloat16 products),
 the same three products stacked into one convolution (a candidate), and float16.
 
+Memory: the tensors one float32 training pass keeps for its backward pass, by block (what activation checkpointing
+of that block would trade for its recomputation).
+
 Writes ``DIR/train_ops.txt`` and ``DIR/inference_ops.txt`` (``key_averages`` tables, sorted by self device time on
 CUDA, self CPU time on CPU), ``DIR/convolutions.txt``, ``DIR/training_convolutions.txt`` and ``DIR/profile.json``:
 for training and inference the total and the ``--rows`` largest entries (name, calls, self milliseconds, share of
-the total), and both convolution tables. On CUDA the entries are kernels and the operators that launch them; the
-shares say which operators and kernels a speed-up has to come from.
+the total), the saved activations by block, and both convolution tables. On CUDA the entries are kernels and the
+operators that launch them; the shares say which operators and kernels a speed-up has to come from.
 """
 
 import argparse
@@ -122,6 +125,48 @@ def profile_inference(batch: int, size: int, widths: dict):
             if device.type == "cuda":
                 torch.cuda.synchronize()
     return profiler, device.type
+
+
+def saved_activations(batch: int, size: int, widths: dict, device) -> dict[str, float]:
+    """MiB of the tensors one training pass (forward and loss, float32, no checkpointing) keeps for its backward pass,
+    by the block that saved them (``encoder.i``, ``rfbs.i``, ``msd``, ``grad``, ``side_heads``, ``loss``); a storage
+    saved twice counts once. Checkpointing a block trades its share for its recomputation."""
+    import torch
+
+    from mgrad.losses import MGRADLoss
+    from mgrad.networks import MGRADUNet
+
+    network = MGRADUNet(2, 1, 9, **widths).to(device).train()
+    blocks = {f"{name}.{i}": m for name in ("encoder", "rfbs") for i, m in enumerate(getattr(network, name))}
+    blocks.update(msd=network.msd, grad=network.grad, side_heads=network.side_heads)
+    inside, saved, seen = ["other"], {}, set()
+
+    def enter(name):
+        return lambda module, inputs: inside.append(name)
+
+    def leave(module, inputs, output) -> None:  # a forward hook returning a value would replace the output
+        inside.pop()
+
+    hooks = [m.register_forward_pre_hook(enter(name)) for name, m in blocks.items()]
+    hooks += [m.register_forward_hook(leave) for m in blocks.values()]
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            saved[inside[-1]] = saved.get(inside[-1], 0.0) + storage.nbytes() / 2**20
+        return tensor
+
+    images = torch.rand(batch, 1, size, size, device=device)
+    labels = torch.randint(0, 9, (batch, 1, size, size), device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = network(images)
+        inside.append("loss")
+        loss = MGRADLoss(squared_pred=True)(output, labels)
+    del loss, output
+    for hook in hooks:
+        hook.remove()
+    return dict(sorted(saved.items(), key=lambda item: -item[1]))
 
 
 def network_convolutions(batch: int, size: int, widths: dict, device) -> dict[tuple, int]:
@@ -313,6 +358,11 @@ def main() -> None:
         top = ", ".join(f"{e['name'][:40]} {100 * e['share']:.0f}%" for e in report[name]["entries"][:5])
         print(f"{name}: {report[name]['total_ms']:.1f} ms of {report[name]['time']}; largest: {top}", flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    saved = report["saved_activations_mib"] = saved_activations(args.batch, args.size, widths, device)
+    write_json(args.out / "profile.json", report)
+    total = sum(saved.values())
+    top = ", ".join(f"{name} {100 * mib / total:.0f}%" for name, mib in list(saved.items())[:5])
+    print(f"saved activations of a training pass: {total:.0f} MiB; {top}", flush=True)
     found = network_convolutions(args.batch, args.size, widths, device)
     convolutions = report["convolutions"] = convolution_table(found, args.size)
     write_convolutions(convolutions, args.out / "convolutions.txt")

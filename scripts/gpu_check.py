@@ -11,20 +11,20 @@ time loses nothing of the others.
 Parts: ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training
 step of every precision mode, paper widths, batch 12, 224x224, channels-last), ``train_step``
 (benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, with float16
-autocast, and with the receptive field blocks checkpointed for memory; the inexact modes' speed is in
-``feedback``), ``compile`` (the bundle's settings and float16 with regional compilation, each compiled
-configuration run twice: cold and from Inductor's cache), ``loss`` (benchmarks/bench_loss.py: the aggregated
-loss, fused against MONAI's ``DiceCELoss`` through ``vmap``, batch 12, 9 classes), ``inference``
-(benchmarks/bench_inference.py: per-slice speed at batch 12 and the label agreement with float32, on the trained
-weights where ``reproduce`` ran first, else random ones), ``inference_compile`` (the same with the compiled fast
-path too, its compilation timed as the warm-up), ``reproduce`` (the paper preset on the packed ACDC data for
-``--train-seconds``, evaluated under both test protocols), ``feedback_trained`` (the feedback's error of each
-precision mode on those trained weights and real slices, against float64), the end-to-end inference (after
-``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference
-engine's run: volumes per second with and without the start-up), ``profile`` (benchmarks/profile_step.py: where the
-time of a training iteration and of an inference call goes, by operator, kernel and convolution, in
-``DIR/profile/``). The parts run in the order feedback, train_step, compile, loss, reproduce, feedback_trained,
-inference, inference_compile, end-to-end inference, profile.
+autocast, and with every block checkpointed for memory (the receptive field blocks alone keep about 0.6 of a float32
+pass's activation memory, all blocks about 0.4); the inexact modes' speed is in ``feedback``), ``compile`` (the
+bundle's settings and float16 with regional compilation, each compiled configuration run twice: cold and from
+Inductor's cache), ``loss`` (benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's ``DiceCELoss``
+through ``vmap``, batch 12, 9 classes), ``inference`` (benchmarks/bench_inference.py: per-slice speed at batch 12
+and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else random ones),
+``inference_compile`` (the same with the compiled fast path too, its compilation timed as the warm-up),
+``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
+protocols), ``feedback_trained`` (the feedback's error of each precision mode on those trained weights and real
+slices, against float64), the end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the
+test volumes, timed as a process and as the inference engine's run: volumes per second with and without the
+start-up), ``profile`` (benchmarks/profile_step.py: where the time of a training iteration and of an inference call
+goes, by operator, kernel and convolution, in ``DIR/profile/``). The parts run in the order feedback, train_step,
+compile, loss, reproduce, feedback_trained, inference, inference_compile, end-to-end inference, profile.
 """
 
 import argparse
@@ -116,7 +116,7 @@ def main() -> None:
         result = run(out, "feedback", command, 200)
         record("feedback", {**result, "result": read_json(out / "fb.json")})
     if "train_step" in args.parts:
-        configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+rfbckpt"]
+        configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt"]
         command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
         result = run(out, "train_step", command + ["--json", str(out / "train_step.json")], 200)
         record("train_step", {**result, "result": read_json(out / "train_step.json")})
