@@ -65,15 +65,8 @@ def test_aggregated_loss_equals_naive_loop(n):
 def test_fused_dice_ce_equals_monai_term_by_term(squared_pred, include_background, spatial):
     """The fused aggregated DiceCE against MONAI's DiceCELoss on each subset sum: float64 to 1e-7 (MONAI's squared
     form derives the intersection from norms, which costs it a few 1e-9), gradients too; float32 to 1e-5."""
-    loss = DiceCELoss(
-        include_background=include_background,
-        to_onehot_y=True,
-        softmax=True,
-        batch=True,
-        squared_pred=squared_pred,
-        lambda_dice=0.7,
-        lambda_ce=0.3,
-    )
+    options = {"include_background": include_background, "squared_pred": squared_pred}
+    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=0.7, lambda_ce=0.3, **options)
     aggregated = AggregatedLoss(loss, reduction="none")
     assert aggregated.fused
     torch.manual_seed(len(spatial))
