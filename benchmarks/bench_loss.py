@@ -84,7 +84,8 @@ def main() -> None:
         line = f"{name:<8}{r['seconds'] * 1e3:>10.1f}{speed:>9.2f}x{r['peak_mib']:>10.0f}{memory:>8.2f}"
         print(f"{line}  {r['loss']:.6f}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "settings": vars(args) | {"json": None}, **results}))
+        settings = {name: value for name, value in vars(args).items() if name != "json"}
+        args.json.write_text(json.dumps({"machine": machine, "settings": settings, **results}))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Inductor), ``cudagraphs`` the same in ``torch.compile``'s ``reduce-overhead`` mo
 configuration runs twice, each in a fresh process: "first step s" of the first run is the warm-up with a cold cache
 (``--warmup`` should cover the compilation), "cached first step s" that of the second run, which compiles from
 Inductor's on-disk cache.
+
 ``--json PATH`` writes the results (and the machine line) to a JSON file. ``--exact-memory`` (CPU) fixes glibc's
 mmap threshold at 64 KiB in the configurations' processes (``MALLOC_MMAP_THRESHOLD_``), so every tensor's memory is
 returned when it is freed and "peak MiB" follows the live tensors closely (by default glibc keeps freed blocks of up
