@@ -174,6 +174,30 @@ def test_feedback_precision_keeps_float32_eval_and_weights():
         small_net(feedback_precision="float32")
 
 
+def test_split_bfloat16_convolution_under_tf32(monkeypatch):
+    """On CUDA the three products run as TF32 convolutions, which round each operand to 11 bits (emulated here,
+    round to nearest even): the split stays near float32 where one TF32 convolution is 100 times further off."""
+    conv2d = F.conv2d
+
+    def tf32(t):
+        bits = t.contiguous().view(torch.int32)
+        return ((bits + 0x0FFF + ((bits >> 13) & 1)) & ~0x1FFF).view(torch.float32)
+
+    def tf32_conv2d(x, w, b=None, *args):
+        return conv2d(tf32(x), tf32(w), b, *args)
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 64, 16, 16, generator=g), torch.randn(32, 64, 3, 3, generator=g) / 24, torch.randn(32)
+    exact = conv2d(x.double(), w.double(), b.double(), padding=1)
+
+    def error(y):
+        return ((y.double() - exact).norm() / exact.norm()).item()
+
+    assert error(tf32_conv2d(x, w, b, 1, 1)) > 1e-4
+    monkeypatch.setattr(F, "conv2d", tf32_conv2d)
+    assert error(SplitBFloat16Conv.apply(x, w, b, (1, 1), (1, 1), (1, 1), 1, torch.float32)) < 1e-5
+
+
 def test_split_bfloat16_convolution():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 8, 8, generator=g, requires_grad=True)

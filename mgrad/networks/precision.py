@@ -7,10 +7,10 @@ logits is mostly rounding noise. :func:`use_feedback_precision` turns the convol
 :class:`FeedbackPrecisionConv1d`/``2d``/``3d``, which in train mode, where low precision is in force, compute in
 float32 instead:
 
-- on CUDA as *split bfloat16* products (:class:`SplitBFloat16Conv`): three float32 convolutions of bfloat16-valued
-  operands, which TF32 tensor cores compute exactly, for about 16 bits of mantissa (three TF32 convolutions cost
-  less than one full float32 convolution). The backward pass runs in the autocast precision (one convolution
-  backward, as without this module);
+- on CUDA as *split bfloat16* products (:class:`SplitBFloat16Conv`): three float32 convolutions of the bfloat16
+  parts and float32 remainders of the operands, whose products TF32 tensor cores compute exactly, for about 16 bits
+  of mantissa (three TF32 convolutions cost less than one full float32 convolution). The backward pass runs in the
+  autocast precision (one convolution backward, as without this module);
 - elsewhere (CPU) as a plain float32 convolution.
 
 The output is float32, so the elementwise work that follows (norms, activations, interpolation, sums) runs in
@@ -47,17 +47,19 @@ def low_precision_in_force(x: Tensor) -> bool:
 
 
 def split_bfloat16(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(hi, lo)``, both float32 holding bfloat16 values, with ``hi + lo`` equal to ``x`` to about 2**-16."""
+    """``(hi, lo)``, float32: ``hi`` is ``x`` rounded to bfloat16, ``lo = x - hi`` exactly (at most 2**-8 of ``x``)."""
     hi = x.bfloat16().float()
-    return hi, (x - hi).bfloat16().float()
+    return hi, x - hi
 
 
 class SplitBFloat16Conv(torch.autograd.Function):
-    """``conv(x, weight) + bias`` in float32 from bfloat16 pieces (forward); backward in ``grad_dtype``.
+    """``conv(x, weight) + bias`` in float32 from bfloat16 parts and remainders (forward); backward in ``grad_dtype``.
 
     With ``x = x_hi + x_lo`` and ``weight = w_hi + w_lo`` (:func:`split_bfloat16`) the forward is
-    ``conv(x_hi, w_hi) + conv(x_lo, w_hi) + conv(x_hi, w_lo)``: three float32 convolutions whose operands TF32
-    represents exactly and whose products float32 holds exactly, about 16 bits of either operand's mantissa.
+    ``conv(x_hi, w_hi) + conv(x_lo, w_hi) + conv(x_hi, w_lo)``: three float32 convolutions. TF32 represents the
+    bfloat16 parts exactly and rounds the low parts to its 11 bits (an error of 2**-19 of the operand, where rounding
+    them to bfloat16 would cost 2**-16 and two more passes over the input), and float32 holds every product exactly;
+    the term left out, ``conv(x_lo, w_lo)``, is at most 2**-16 of the product.
     """
 
     @staticmethod
