@@ -68,9 +68,10 @@ class SplitBFloat16Conv(torch.autograd.Function):
         w_hi, w_lo = split_bfloat16(weight.float())
         conv = (F.conv1d, F.conv2d, F.conv3d)[x.dim() - 3]
         args = (stride, padding, dilation, groups)
-        y = conv(x_hi, w_hi, None, *args) + conv(x_lo, w_hi, None, *args) + conv(x_hi, w_lo, None, *args)
-        if bias is not None:
-            y = y + bias.float().view(1, -1, *([1] * (x.dim() - 2)))
+        # the bias rides on the first convolution, the other two add in place: no further pass, no new tensor
+        y = conv(x_hi, w_hi, None if bias is None else bias.float(), *args)
+        y += conv(x_lo, w_hi, None, *args)
+        y += conv(x_hi, w_lo, None, *args)
         ctx.save_for_backward(x.to(grad_dtype), weight)
         ctx.conv_args = (stride, padding, dilation, groups, bias is not None)
         return y
