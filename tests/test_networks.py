@@ -187,7 +187,8 @@ def test_split_bfloat16_convolution_under_tf32(monkeypatch):
         return conv2d(tf32(x), tf32(w), b, *args)
 
     g = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(2, 64, 16, 16, generator=g), torch.randn(32, 64, 3, 3, generator=g) / 24, torch.randn(32)
+    x, w = torch.randn(2, 64, 16, 16, generator=g), torch.randn(32, 64, 3, 3, generator=g) / 24
+    b = torch.randn(32, generator=g)
     exact = conv2d(x.double(), w.double(), b.double(), padding=1)
 
     def error(y):
