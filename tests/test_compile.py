@@ -1,5 +1,6 @@
 """Regional compilation: each region of MGRAD-UNet compiles without a graph break and computes what eager mode does,
-in training (feedback passes, bfloat16 autocast with the feedback kept in float32) and in the bundle's network."""
+in training (feedback passes, bfloat16 autocast with the feedback kept in float32) and in the bundle's network; so do
+the exact feedback's split products (CUDA's training convolutions) and the fused aggregated loss."""
 
 import copy
 import os
@@ -10,8 +11,10 @@ import torch
 from bundle_fixtures import REPO, config_files, tiny_overrides
 
 from mgrad.inferers import fold_batch_norms
-from mgrad.losses import MGRADLoss
+from mgrad.losses import AggregatedLoss, MGRADLoss
+from mgrad.losses.mgrad_loss import default_segmentation_loss
 from mgrad.networks import MGRADUNet, compile_regions
+from mgrad.networks.precision import SplitBFloat16Conv
 
 SMALL = {"features": (4, 8, 16), "rfb_channels": 4}
 
@@ -48,6 +51,26 @@ def test_compiled_regions_train_as_eager(amp):
     # validation folds the batch norms of a copy, as with an eager network
     eager.eval(), compiled.eval()
     torch.testing.assert_close(fold_batch_norms(compiled)(x), eager(x), rtol=1e-4, atol=1e-5)
+
+
+def test_split_products_and_fused_loss_compile_without_graph_break():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=g, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, generator=g, requires_grad=True)
+    b = torch.randn(6, generator=g, requires_grad=True)
+    target = torch.randint(0, 3, (2, 1, 16, 16), generator=g)
+    loss = AggregatedLoss(default_segmentation_loss(squared_pred=True))
+
+    def step(x, w, b):
+        y = SplitBFloat16Conv.apply(x, w, b, (1, 1), (1, 1), (1, 1), 1, torch.float32)
+        return loss(y.unflatten(1, (2, 3)).movedim(1, 0), target)  # 2 maps of 3 classes
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)  # a graph break fails
+    values = [f(x, w, b) for f in (step, compiled)]
+    grads = [torch.autograd.grad(v, (x, w, b)) for v in values]
+    torch.testing.assert_close(values[1], values[0])
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want)
 
 
 def test_bundle_network_compiled_on_request(tmp_path, monkeypatch):
