@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: peak resident memory, a fresh process per configuration, the machine (the
 package's :func:`mgrad.hardware.machine_summary`), a trained MGRAD-UNet from its checkpoint."""
 
+import json
 import resource
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mgrad.hardware import machine_summary
+
+BUNDLE_COMMON = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "common.json"
 
 __all__ = [
     "PRESET_WIDTHS",
@@ -20,10 +23,10 @@ __all__ = [
 ]
 
 PRESET_WIDTHS = {
-    "paper": {"features": (64, 128, 256, 512, 1024), "rfb_channels": 64},
-    "small": {"features": (16, 32, 64, 128, 256), "rfb_channels": 16},
+    name: {"features": tuple(preset["features"]), "rfb_channels": preset["rfb_channels"]}
+    for name, preset in json.loads(BUNDLE_COMMON.read_text())["size_presets"].items()
 }
-"""MGRADUNet's widths in the bundle's presets (``size_presets`` of ``bundle/configs/common.json``)."""
+"""MGRADUNet's widths in the bundle's presets, read from its ``size_presets``."""
 
 
 def memory_kib(field: str) -> int:
