@@ -117,6 +117,9 @@ def test_unfused_losses_one_hot_and_strided_targets_match_the_loop():
     transposed = [m.transpose(2, 3) for m in maps]  # non-contiguous maps and target
     expected = naive_aggregated(fused.loss, transposed, target.transpose(2, 3))
     assert fused(transposed, target.transpose(2, 3)).item() == pytest.approx(expected.item(), rel=1e-6)
+    flat_maps, flat_target = [m[..., 0, 0] for m in maps], target[..., 0, 0]  # no spatial axes: the vmap path
+    expected = naive_aggregated(fused.loss, flat_maps, flat_target)
+    assert fused(flat_maps, flat_target).item() == pytest.approx(expected.item(), rel=1e-6)
     onehot = F.one_hot(target[:, 0], 3).movedim(-1, 1).float()
     pooled = DiceCELoss(softmax=True, batch=True)  # one-hot targets: the vmap path
     expected = naive_aggregated(pooled, maps, onehot)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.loss import _Loss
 
-from mgrad.losses.aggregated_dice_ce import aggregated_dice_ce, fusable_dice_ce
+from mgrad.losses.aggregated_dice_ce import aggregated_dice_ce, fusable_dice_ce, fusable_shapes
 
 __all__ = ["AggregatedLoss", "subset_matrix"]
 
@@ -59,7 +59,7 @@ class AggregatedLoss(_Loss):
         """``input``: n prediction maps of one shape ``(B, C, *spatial)``, as a sequence or stacked on dim 0."""
         maps = input if isinstance(input, Tensor) else torch.stack(_same_shape(input))
         subsets = subset_matrix(maps.shape[0], maps.dtype, maps.device)
-        if self.fused and maps.shape[2] > 1 and tuple(target.shape) == (maps.shape[1], 1, *maps.shape[3:]):
+        if self.fused and fusable_shapes(maps, target):
             losses = aggregated_dice_ce(maps, subsets, target, self.loss)
         else:
             sums = torch.einsum("sn,n...->s...", subsets, maps)

@@ -18,7 +18,7 @@ from monai.losses import DiceCELoss
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["aggregated_dice_ce", "fusable_dice_ce"]
+__all__ = ["aggregated_dice_ce", "fusable_dice_ce", "fusable_shapes"]
 
 
 def fusable_dice_ce(loss: object) -> bool:
@@ -46,6 +46,12 @@ def fusable_dice_ce(loss: object) -> bool:
     )
 
 
+def fusable_shapes(maps: Tensor, target: Tensor) -> bool:
+    """Whether :func:`aggregated_dice_ce` takes ``maps`` ``(n, B, C > 1, *spatial)`` and ``target``: class indices
+    ``(B, 1, *spatial)``."""
+    return maps.dim() >= 4 and maps.shape[2] > 1 and tuple(target.shape) == (maps.shape[1], 1, *maps.shape[3:])
+
+
 def aggregated_dice_ce(maps: Tensor, subsets: Tensor, target: Tensor, loss: DiceCELoss) -> Tensor:
     """``loss(sum of the maps in S, target)`` for every subset ``S`` (a row of ``subsets``), for a ``loss`` that
     :func:`fusable_dice_ce` accepts.
@@ -60,7 +66,7 @@ def aggregated_dice_ce(maps: Tensor, subsets: Tensor, target: Tensor, loss: Dice
     Returns:
         ``(S,)`` losses in float32 (float64 for float64 maps), differentiable with respect to ``maps`` (once).
     """
-    if maps.dim() < 4 or maps.shape[2] < 2 or tuple(target.shape) != (maps.shape[1], 1, *maps.shape[3:]):
+    if not fusable_shapes(maps, target):
         raise ValueError(
             f"aggregated_dice_ce needs maps (n, B, C > 1, *spatial) and class indices (B, 1, *spatial); "
             f"got maps {list(maps.shape)} and target {list(target.shape)}."
