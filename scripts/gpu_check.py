@@ -1,36 +1,41 @@
 """The GPU check: the GPU benchmarks and a short ``mgrad reproduce acdc``, every figure in one JSON.
 
     python scripts/gpu_check.py --out DIR [--acdc-pack .device/acdc.pkl.xz --unpack .device/unpack_acdc.py]
-        [--parts feedback train_step reproduce feedback_trained inference profile] [--train-seconds 90]
+        [--parts train_step reproduce inference profile feedback_trained feedback] [--train-seconds 90]
+        [--budget 510]
 
 Run by ``scripts/gpu_check.sh`` on a bare GPU machine (it installs the wheels first). Each part runs as its own
 command with a time limit, its output in ``DIR/<part>.log``; ``DIR/gpu_check.json`` collects the machine, each
 part's exit status, duration and results, and is rewritten after every part, so a part that fails or runs out of
-time loses nothing of the others.
+time loses nothing of the others. All parts together stay within ``--budget`` seconds (510 by default, so that the
+check with its installation takes at most 9 minutes): a part runs for at most its own limit or what is left, and
+is recorded as ``"skipped"`` where less than 20 s is left. A part stopped at its limit is killed with the processes
+it started.
 
-Parts: ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training
-step of every precision mode, paper widths, batch 12, 224x224, channels-last), ``train_step``
-(benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, with float16
-autocast, and with every block checkpointed for memory (the receptive field blocks alone keep about 0.6 of a float32
-pass's activation memory, all blocks about 0.4); the inexact modes' speed is in ``feedback``), ``compile`` (the
-bundle's settings and float16 with regional compilation, each compiled configuration run twice: cold and from
-Inductor's cache), ``loss`` (benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's ``DiceCELoss``
-through ``vmap``, batch 12, 9 classes), ``inference`` (benchmarks/bench_inference.py: per-slice speed at batch 12
-and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else random ones),
-``inference_compile`` (the same with the compiled fast path too, its compilation timed as the warm-up),
-``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
-protocols), ``feedback_trained`` (the feedback's error of each precision mode on those trained weights and real
-slices, against float64), the end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the
-test volumes, timed as a process and as the inference engine's run: volumes per second with and without the
-start-up), ``profile`` (benchmarks/profile_step.py: where the time of a training iteration and of an inference call
-goes, by operator, kernel and convolution, in ``DIR/profile/``). The parts run in the order feedback, train_step,
-compile, loss, reproduce, feedback_trained, inference, inference_compile, end-to-end inference, profile.
+Parts, in the order they run (the issue's targets first, so a slow machine loses the least of them):
+``train_step`` (benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, with
+float16 autocast, and with every block checkpointed for memory (the receptive field blocks alone keep about 0.6 of
+a float32 pass's activation memory, all blocks about 0.4); the inexact modes' speed is in ``feedback``), ``compile``
+(the bundle's settings and float16 with regional compilation, each compiled configuration run twice: cold and from
+Inductor's cache), ``loss`` (benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's ``DiceCELoss`` on
+each subset, batch 12, 9 classes), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``,
+evaluated under both test protocols), ``inference`` (benchmarks/bench_inference.py: per-slice speed at batch 12 and
+the label agreement with float32, on the trained weights where ``reproduce`` ran first, else random ones),
+``inference_compile`` (the same with the compiled fast path too, its compilation timed as the warm-up), the
+end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process
+and as the inference engine's run: volumes per second with and without the start-up), ``profile``
+(benchmarks/profile_step.py: where the time of a training iteration and of an inference call goes, by operator,
+kernel and convolution, in ``DIR/profile/``), ``feedback_trained`` (the feedback's error of each precision mode on
+the trained weights and real slices, against float64), ``feedback`` (benchmarks/bench_feedback_precision.py: the
+feedback's error against float64 and the training step of every precision mode, paper widths, batch 12, 224x224,
+channels-last). ``compile``, ``loss`` and ``inference_compile`` run only when named.
 """
 
 import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -38,17 +43,53 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 INFER_COPIES = 5
+PARTS = (
+    "train_step",
+    "compile",
+    "loss",
+    "reproduce",
+    "inference",
+    "inference_compile",
+    "profile",
+    "feedback_trained",
+    "feedback",
+)
+DEFAULT_PARTS = ("train_step", "reproduce", "inference", "profile", "feedback_trained", "feedback")
 
 
-def run(out: Path, name: str, command: list[str], timeout: int) -> dict:
-    """Run ``command`` with its output in ``out/<name>.log``; its exit status and seconds."""
-    start = time.monotonic()
+class Budget:
+    """The check's time: ``seconds`` from now. A part gets its own limit or what is left, whichever is less, and is
+    skipped where less than ``MIN_PART_SECONDS`` is left."""
+
+    MIN_PART_SECONDS = 20
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def run(out: Path, name: str, command: list[str], limit: float, budget: Budget) -> dict:
+    """Run ``command`` with its output in ``out/<name>.log`` for at most ``limit`` seconds and what ``budget`` has
+    left; its exit status ("timeout" where it was stopped, "skipped" where the budget had no time for it) and
+    seconds. A stopped command is killed with every process it started (the benchmarks run their configurations in
+    processes of their own, which would otherwise hold the GPU for the parts that follow)."""
+    if budget.left() < Budget.MIN_PART_SECONDS:
+        return {"rc": "skipped", "seconds": 0.0, "reason": f"{budget.left():.0f} s of the check's budget left"}
+    start, timeout = time.monotonic(), min(limit, budget.left())
     with open(out / f"{name}.log", "w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            rc: int | str = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:  # the group ended on its own meanwhile
+                pass
+            process.wait()
             rc = "timeout"
     return {"rc": rc, "seconds": round(time.monotonic() - start, 1)}
 
@@ -85,17 +126,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--acdc-pack", default=".device/acdc.pkl.xz")
     parser.add_argument("--unpack", default=".device/unpack_acdc.py")
-    parser.add_argument(
-        "--parts",
-        nargs="+",
-        default=["feedback", "train_step", "reproduce", "feedback_trained", "inference", "profile"],
-    )
+    parser.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS)
     parser.add_argument("--train-seconds", type=int, default=90)
+    parser.add_argument(
+        "--budget", type=float, default=510, help="seconds for all parts (default 510: the check in 9 minutes)"
+    )
     args = parser.parse_args()
+    budget = Budget(args.budget)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    report: dict = {"parts": {}}
+    report: dict = {"budget_seconds": args.budget, "parts": {}}
     summary = subprocess.run(
         [py, "-c", "import sys; sys.path.insert(0, 'benchmarks'); from common import machine_summary; "
          "print(machine_summary())"], cwd=ROOT, capture_output=True, text=True,
@@ -109,58 +150,39 @@ def main() -> None:
         partial.replace(out / "gpu_check.json")
         print(f"{name}: {result.get('rc')} in {result.get('seconds')} s", flush=True)
 
+    def bench_part(name: str, command: list[str], limit: float, **extra: object) -> None:
+        """A benchmark writing ``out/<name>.json``, which the report takes in."""
+        result = run(out, name, command + ["--json", str(out / f"{name}.json")], limit, budget)
+        record(name, {**result, **extra, "result": read_json(out / f"{name}.json")})
+
     bench = ["--size", "224", "--batch", "12"]
-    if "feedback" in args.parts:
-        command = [py, "benchmarks/bench_feedback_precision.py", "--device", "cuda", "--preset", "paper", *bench]
-        command += ["--steps", "3", "--channels-last", "--json", str(out / "fb.json")]
-        result = run(out, "feedback", command, 200)
-        record("feedback", {**result, "result": read_json(out / "fb.json")})
+    train_step = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs"]
     if "train_step" in args.parts:
-        configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt"]
-        command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
-        result = run(out, "train_step", command + ["--json", str(out / "train_step.json")], 200)
-        record("train_step", {**result, "result": read_json(out / "train_step.json")})
+        bench_part("train_step", train_step + ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt"], 200)
     if "compile" in args.parts:
-        configs = ["plain", "cl+fused+compile", "amp+cl+fused+compile"]
-        command = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs", *configs]
-        result = run(out, "compile", command + ["--json", str(out / "compile.json")], 420)
-        record("compile", {**result, "result": read_json(out / "compile.json")})
+        bench_part("compile", train_step + ["plain", "cl+fused+compile", "amp+cl+fused+compile"], 420)
     if "loss" in args.parts:
-        command = [py, "benchmarks/bench_loss.py", *bench, "--classes", "9", "--json", str(out / "loss.json")]
-        result = run(out, "loss", command, 120)
-        record("loss", {**result, "result": read_json(out / "loss.json")})
+        bench_part("loss", [py, "benchmarks/bench_loss.py", *bench, "--classes", "9"], 120)
     data, runs = Path("/tmp/acdc"), Path("/tmp/reproduce_acdc")
     if "reproduce" in args.parts:
-        result = run(out, "unpack", [py, args.unpack, args.acdc_pack, str(data)], 120)
+        result = run(out, "unpack", [py, args.unpack, args.acdc_pack, str(data)], 120, budget)
         split = split_acdc(data) if result["rc"] == 0 else {}
         command = [py, "-m", "mgrad", "reproduce", "acdc", "--dataset_dir", str(data), "--output_dir", str(runs)]
         command += ["--time_budget", str(args.train_seconds), "--device", "cuda:0"]
-        result = run(out, "reproduce", command, args.train_seconds + 240)
+        result = run(out, "reproduce", command, args.train_seconds + 240, budget)
         table = read_json(runs / "table.json")
         if (runs / "table.md").is_file():
             (out / "table.md").write_text((runs / "table.md").read_text())
         record("reproduce", {**result, "split": split, "result": table})
     weights = next(iter(sorted(runs.glob("**/model.pt"))), None)
-    if "feedback_trained" in args.parts and weights is not None:
-        command = [py, "benchmarks/bench_feedback_precision.py", "--device", "cuda", *bench, "--no-timing"]
-        command += ["--checkpoint", str(weights), "--images", str(data / "slices"), "--json", str(out / "fbt.json")]
-        result = run(out, "feedback_trained", command, 120)
-        record("feedback_trained", {**result, "result": read_json(out / "fbt.json")})
     # the speed does not depend on the weights: trained ones (where reproduce ran) also give the label agreement
     inference = [py, "benchmarks/bench_inference.py", "--networks", "MGRADUNet", "--slices", "240", "--size", "224"]
     inference += ["--sw-batch-size", "12"] + ([] if weights is None else ["--checkpoint", str(weights)])
-    for part, extra in (("inference", []), ("inference_compile", ["--compile"])):
-        if part in args.parts:
-            command = inference + extra + ["--json", str(out / f"{part}.json")]
-            result = run(out, part, command, 120 if part == "inference" else 360)
-            record(
-                part,
-                {
-                    **result,
-                    "weights": "random" if weights is None else "trained",
-                    "result": read_json(out / f"{part}.json"),
-                },
-            )
+    trained = {"weights": "random" if weights is None else "trained"}
+    if "inference" in args.parts:
+        bench_part("inference", inference, 120, **trained)
+    if "inference_compile" in args.parts:
+        bench_part("inference_compile", inference + ["--compile"], 360, **trained)
     if weights is not None and "reproduce" in args.parts:
         volumes = data / "volumes_test"
         volumes.mkdir(exist_ok=True)
@@ -171,7 +193,7 @@ def main() -> None:
                     os.symlink(data / "volumes" / f"{name}.h5", target)
         command = [py, "-m", "mgrad", "infer", "--input", str(volumes), "--output_dir", "/tmp/preds"]
         command += ["--ckpt_path", str(weights), "--dataset", "acdc_h5", "--preset", "paper", "--device", "cuda:0"]
-        result = run(out, "infer_end_to_end", command, 180)
+        result = run(out, "infer_end_to_end", command, 180, budget)
         count = len(list(volumes.glob("*.h5")))
         engine = engine_seconds(out / "infer_end_to_end.log")
         record(
@@ -179,15 +201,21 @@ def main() -> None:
             {
                 **result,
                 "volumes": count,
-                "volumes_per_second": count / result["seconds"],
+                "volumes_per_second": count / result["seconds"] if result["seconds"] else None,
                 "engine_seconds": engine,
                 "engine_volumes_per_second": count / engine if engine else None,
             },
         )
     if "profile" in args.parts:
         command = [py, "benchmarks/profile_step.py", "--out", str(out / "profile"), *bench, "--preset", "paper"]
-        result = run(out, "profile", command, 120)
+        result = run(out, "profile", command, 120, budget)
         record("profile", {**result, "result": read_json(out / "profile" / "profile.json")})
+    feedback = [py, "benchmarks/bench_feedback_precision.py", "--device", "cuda", *bench]
+    if "feedback_trained" in args.parts and weights is not None:
+        images = ["--checkpoint", str(weights), "--images", str(data / "slices")]
+        bench_part("feedback_trained", feedback + ["--no-timing", *images], 120)
+    if "feedback" in args.parts:
+        bench_part("feedback", feedback + ["--preset", "paper", "--steps", "3", "--channels-last"], 200)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""The GPU check's time keeping (scripts/gpu_check.py), which must finish within its budget on any machine: a part
+stopped at its limit takes the processes it started with it, and a part without time left is skipped."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(gpu_check)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_a_part_over_its_limit_is_killed_with_its_children(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    sleeper = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)"  # noqa: E501
+    start = time.monotonic()
+    result = gpu_check.run(tmp_path, "sleeper", [sys.executable, "-c", sleeper], 3, gpu_check.Budget(600))
+    assert result["rc"] == "timeout" and time.monotonic() - start < 30
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(child), "the part's own child outlived it"
+    assert (tmp_path / "sleeper.log").read_text().startswith("$ ")
+
+
+def test_a_part_runs_for_what_the_budget_has_left_or_not_at_all(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check.Budget, "MIN_PART_SECONDS", 2)
+    finished = gpu_check.run(tmp_path, "quick", [sys.executable, "-c", "print('done')"], 60, gpu_check.Budget(600))
+    assert finished["rc"] == 0 and "done" in (tmp_path / "quick.log").read_text()
+    stopped = gpu_check.run(
+        tmp_path, "long", [sys.executable, "-c", "import time; time.sleep(60)"], 600, gpu_check.Budget(4)
+    )
+    assert stopped["rc"] == "timeout" and stopped["seconds"] < 20
+    skipped = gpu_check.run(tmp_path, "late", [sys.executable, "-c", "print(1)"], 60, gpu_check.Budget(1))
+    assert skipped["rc"] == "skipped" and "budget" in skipped["reason"]
+    assert not (tmp_path / "late.log").exists()
+
+
+def test_the_check_reports_every_part_it_skips(tmp_path):
+    command = [sys.executable, "scripts/gpu_check.py", "--out", str(tmp_path), "--parts", "train_step", "loss"]
+    subprocess.run(command + ["--budget", "0"], cwd=ROOT, check=True, capture_output=True)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["budget_seconds"] == 0
+    assert {name: part["rc"] for name, part in report["parts"].items()} == {"train_step": "skipped", "loss": "skipped"}
+    assert "CPU" in report["machine"]
