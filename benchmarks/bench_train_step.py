@@ -18,7 +18,7 @@ of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``); ``fbspl
 ``MGRADUNet(feedback_precision="split"/"autocast")`` in place of the default ``"full"`` (which part computes in float32
 under ``amp``; see ``bench_feedback_precision.py``); ``bf16`` bfloat16 autocast on CUDA too (no gradient scaler);
 ``fused`` the fused AdamW (``torch.optim.AdamW(fused=True)``), which also skips a non-finite step on the device;
-``vmaploss`` the aggregated loss evaluated through ``vmap`` over MONAI's ``DiceCELoss`` instead of its fused
+``unfusedloss`` the aggregated loss evaluated subset by subset through MONAI's ``DiceCELoss`` instead of its fused
 form (``AggregatedLoss(fused=False)``); ``compile`` regional compilation (:func:`mgrad.networks.compile_regions`,
 Inductor), ``cudagraphs`` the same in ``torch.compile``'s ``reduce-overhead`` mode (CUDA graphs). A compiled
 configuration runs twice, each in a fresh process: "first step s" of the first run is the warm-up with a cold cache
@@ -34,7 +34,6 @@ times only with each other.
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import in_fresh_process, machine_summary, peak_mib_since, start_memory  # noqa: E402
+from common import exact_memory, in_fresh_process, machine_summary, peak_mib_since, start_memory  # noqa: E402
 
 DEFAULT_CONFIGS = ("plain", "amp", "amp+rfbckpt", "amp+ckpt")
 
@@ -81,7 +80,7 @@ def build_trainer(config: str, batch: int, size: int, iterations: int, widths: d
         compile_regions(network, mode="reduce-overhead" if "cudagraphs" in options else None)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=1e-4, fused="fused" in options or None)
     loss = MGRADLoss()
-    if "vmaploss" in options:
+    if "unfusedloss" in options:
         loss.side_loss = AggregatedLoss(loss.loss, fused=False)
     return MGRADTrainer(
         device=device,
@@ -152,7 +151,7 @@ def main() -> None:
     parser.add_argument("--exact-memory", action="store_true", help="peak memory of live tensors (CPU; see above)")
     args = parser.parse_args()
     if args.exact_memory:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)  # read by the spawned processes' glibc at start
+        exact_memory()
     configs = ["plain", *[c for c in args.configs if c != "plain"]]
     print(machine_summary(threads=args.threads))
     print(

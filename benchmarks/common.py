@@ -2,6 +2,7 @@
 package's :func:`mgrad.hardware.machine_summary`), a trained MGRAD-UNet from its checkpoint."""
 
 import json
+import os
 import resource
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -50,6 +51,14 @@ def start_memory() -> int:
 def peak_mib_since(base_kib: int) -> float:
     """Peak resident memory since :func:`start_memory` returned ``base_kib``, above it, in MiB."""
     return (memory_kib("VmHWM") - base_kib) / 1024
+
+
+def exact_memory() -> None:
+    """Make the peak memory of the processes :func:`in_fresh_process` starts from now on follow their live tensors:
+    glibc's mmap threshold fixed at 64 KiB (read by each new process's glibc at its start), so every freed tensor's
+    memory goes back to the system, where by default glibc keeps freed blocks of up to 32 MiB. The page faults this
+    costs slow every allocation."""
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
 
 
 def in_fresh_process(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

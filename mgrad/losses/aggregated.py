@@ -21,9 +21,8 @@ class AggregatedLoss(_Loss):
     """Algorithm 1: ``loss(sum of the maps in S, target)`` for each of the ``2**n - 1`` non-empty subsets ``S``.
 
     The subset sums are formed in one step (a 0/1 subset matrix and one ``einsum``) and ``loss`` is evaluated on
-    all of them in one vectorised call (``torch.func.vmap`` over the subset axis), so ``loss`` must be a per-sample
-    function that ``vmap`` can batch: MONAI's Dice, DiceCE, DiceFocal, Tversky and GeneralizedDice losses are.
-    A softmax ``DiceCELoss`` on class-index targets (the MGRAD-UNet loss;
+    each of them (any loss: MONAI's Dice, DiceCE, DiceFocal, Tversky, GeneralizedDice, or your own). A softmax
+    ``DiceCELoss`` on class-index targets (the MGRAD-UNet loss;
     :func:`~mgrad.losses.aggregated_dice_ce.fusable_dice_ce` says which settings) runs as one fused operation
     instead (:func:`~mgrad.losses.aggregated_dice_ce.aggregated_dice_ce`): the same values and gradients, computed in
     float32 (float64 for float64 maps), in less time and a fraction of the memory.
@@ -32,7 +31,7 @@ class AggregatedLoss(_Loss):
         loss: the loss ``L(input, target) -> scalar`` of each subset sum, e.g. ``monai.losses.DiceCELoss``.
         reduction: over subsets: ``"sum"`` (Algorithm 1, as released), ``"mean"`` or ``"none"`` (one value a subset,
             in the order of :func:`subset_matrix`).
-        fused: compute a fusable ``DiceCELoss`` as one operation (default); ``False`` evaluates it through ``vmap``
+        fused: compute a fusable ``DiceCELoss`` as one operation (default); ``False`` evaluates it subset by subset
             like any other loss.
 
     ``forward(input, target)``: ``input`` is ``n`` prediction maps of one shape ``(B, C, *spatial)`` (a sequence, or
@@ -63,7 +62,7 @@ class AggregatedLoss(_Loss):
             losses = aggregated_dice_ce(maps, subsets, target, self.loss)
         else:
             sums = torch.einsum("sn,n...->s...", subsets, maps)
-            losses = torch.func.vmap(lambda pred: self.loss(pred, target))(sums)
+            losses = torch.stack([self.loss(subset_sum, target) for subset_sum in sums])
         if self.reduction == "sum":
             return losses.sum()
         if self.reduction == "mean":

@@ -137,13 +137,17 @@ class _AggregatedDiceCE(torch.autograd.Function):
             ce_scale = (grad * lambda_ce / index[0].numel()).view(-1, *(1,) * (prob.dim() - 1))
             grad_maps = prob.new_zeros(subsets.shape[1], prob[0].numel())
             for rows in _chunks(prob.shape[0]):
+                # with g = dL/dp = u - b [t = c] (u = a q p**(q-1)), dz = p (g - sum_k p_k g_k) + ce (p - onehot)
+                # = p (u + r) - [t = c] (b_t p_t + ce), r = b_t p_t + ce - sum_k p_k u_k: three passes over p
                 p, at = prob[rows], index[rows]
-                dp = p * a[rows] if squared else a[rows].expand_as(p).clone()
-                dp.scatter_add_(2, at, -b_t[rows])
-                dp.sub_(torch.linalg.vecdot(p, dp, dim=2).unsqueeze(2)).mul_(p)
-                dp.addcmul_(p, ce_scale[rows])
-                dp.scatter_add_(2, at, (-ce_scale[rows]).expand(at.shape))
-                grad_maps.addmm_(subsets[rows].T, dp.flatten(1))
+                target_term = b_t[rows] * p.gather(2, at) + ce_scale[rows]
+                if squared:
+                    dz = p * a[rows]
+                    dz.add_(target_term - torch.linalg.vecdot(p, dz, dim=2).unsqueeze(2))
+                else:
+                    dz = a[rows] + (target_term - torch.linalg.vecdot(p, a[rows], dim=2).unsqueeze(2))
+                dz.mul_(p).scatter_add_(2, at, -target_term)
+                grad_maps.addmm_(subsets[rows].T, dz.flatten(1))
         return grad_maps.view(subsets.shape[1], *prob.shape[1:]).to(ctx.maps_dtype), None, None, None
 
 
