@@ -4,8 +4,9 @@ and what each choice of ``MGRADUNet(feedback_precision=...)`` costs in a trainin
     python benchmarks/bench_feedback_precision.py [--device cpu --preset paper --size 96 --batch 2 --json out.json]
                                                   [--checkpoint model.pt --images DIR --no-timing]
 
-"effect" is ``net(x, feedback) - net(x)`` at fixed weights in train mode (both decoders' logits, the feedback taken
-from the first pass as in training), seed 0, random weights, the benchmarks' image of smooth blobs; ``--checkpoint``
+"effect" is ``net(x, feedback) - net(x, 0)`` at fixed weights in train mode (both decoders' logits; two passes with
+feedback, as training's second, the feedback taken from a first pass as in training, which under float16 and TF32
+keeps the low precision), seed 0, random weights, the benchmarks' image of smooth blobs; ``--checkpoint``
 takes trained weights instead (their widths and classes), ``--images`` real slices (a folder of SSL4MIS ``*.h5``
 slices, as the shared ACDC data's ``slices``). "rel. error" is
 ``||effect - effect_float64|| / ||effect_float64||`` against a float64 copy of the same network. The float64 line
@@ -114,15 +115,15 @@ def load_slices(folder: str, batch: int, size: int):
 
 
 def effect(net, x, fb=None):
-    """``net(x, feedback) - net(x)`` (both decoders, flattened, float64) in train mode; the feedback used."""
+    """``net(x, feedback) - net(x, 0)`` (both decoders, flattened, float64) in train mode, the logits without
+    feedback, and the feedback used (from a first pass where ``fb`` is ``None``)."""
     import torch
 
     with torch.no_grad():
-        first = net.train()(x)
-        fb = net.feedback_from(first) if fb is None else fb
-        second = net(x, fb)
-        change = [(second.pred1 - first.pred1).flatten(), (second.pred2 - first.pred2).flatten()]
-        logits = [first.pred1.flatten(), first.pred2.flatten()]
+        fb = net.feedback_from(net.train()(x)) if fb is None else fb
+        second, zero = net(x, fb), net(x, [torch.zeros_like(f) for f in fb])
+        change = [(second.pred1 - zero.pred1).flatten(), (second.pred2 - zero.pred2).flatten()]
+        logits = [zero.pred1.flatten(), zero.pred2.flatten()]
     return torch.cat(change).double(), torch.cat(logits).double(), fb
 
 

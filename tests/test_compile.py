@@ -1,5 +1,6 @@
 """Regional compilation: each region of MGRAD-UNet compiles without a graph break and computes what eager mode does,
-in training (feedback passes, bfloat16 autocast with the feedback kept in float32) and in the bundle's network; so do
+in training (feedback passes; bfloat16 autocast with the feedback kept in float32; float16 autocast, whose first pass
+keeps float16: each region compiled for both kinds of pass) and in the bundle's network; so do
 the exact feedback's split products (CUDA's training convolutions) and the fused aggregated loss."""
 
 import copy
@@ -19,8 +20,8 @@ from mgrad.networks.precision import SplitBFloat16Conv
 SMALL = {"features": (4, 8, 16), "rfb_channels": 4}
 
 
-def two_passes(net: MGRADUNet, x: torch.Tensor, target: torch.Tensor, amp: bool) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+def two_passes(net: MGRADUNet, x: torch.Tensor, target: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
         out = net(x)
         loss = MGRADLoss()(out, target)
         out = net(x, net.feedback_from(out))
@@ -33,7 +34,7 @@ def test_regions_hold_every_parameter_once():
     assert sorted(in_regions) == sorted(id(p) for p in net.parameters())
 
 
-@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16])
 def test_compiled_regions_train_as_eager(amp):
     torch.manual_seed(0)
     eager = MGRADUNet(2, 1, 3, **SMALL)

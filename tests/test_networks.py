@@ -1,3 +1,6 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +9,7 @@ from monai.inferers import SliceInferer
 from monai.networks.utils import convert_to_torchscript
 from torch.utils.flop_counter import FlopCounterMode
 
+from mgrad.losses import MGRADLoss
 from mgrad.networks import MGRADOutput, MGRADUNet
 from mgrad.networks.precision import SplitBFloat16Conv
 
@@ -137,26 +141,68 @@ def test_bad_sizes_raise_clear_errors():
         MGRADUNet(2, 1, 2, features=(8,))
 
 
-def feedback_effect(net: MGRADUNet, x: torch.Tensor, autocast: bool) -> torch.Tensor:
-    """``net(x, feedback) - net(x)`` of both decoders in train mode, the feedback from the first pass, in float64."""
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        first = net.train()(x)
-        second = net(x, net.feedback_from(first))
-    return torch.cat([(second.pred1 - first.pred1).flatten(), (second.pred2 - first.pred2).flatten()]).double()
+def feedback_effect(net: MGRADUNet, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``net(x, feedback) - net(x, 0)`` of both decoders in train mode (both passes with feedback, as training's
+    second), the feedback from a first pass, in float64; under CPU autocast in ``dtype`` where given."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        feedback = net.feedback_from(net.train()(x))
+        second, zero = net(x, feedback), net(x, [torch.zeros_like(f) for f in feedback])
+    return torch.cat([(second.pred1 - zero.pred1).flatten(), (second.pred2 - zero.pred2).flatten()]).double()
 
 
 def test_feedback_survives_bfloat16_autocast():
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     tiny = {"features": (4, 8, 16), "rfb_channels": 4}
-    reference = feedback_effect(small_net(**tiny).double(), x.double(), autocast=False)
+    reference = feedback_effect(small_net(**tiny).double(), x.double(), None)
     errors = {}
     for mode in ("full", "split", "autocast"):  # the same weights (same seed) in each
-        effect = feedback_effect(small_net(feedback_precision=mode, **tiny), x, autocast=True)
+        effect = feedback_effect(small_net(feedback_precision=mode, **tiny), x, torch.bfloat16)
         errors[mode] = ((effect - reference).norm() / reference.norm()).item()
     # measured: full 3e-4, split 0.37 (exact for the bfloat16 RFB outputs), autocast 6 (the change is rounding noise)
     assert errors["full"] < 0.1
     assert errors["autocast"] > 0.5
     assert errors["split"] < 0.5 * errors["autocast"]
+
+
+@contextmanager
+def conv_output_dtypes(net: MGRADUNet) -> Iterator[list[torch.dtype]]:
+    """The output dtypes of the first convolution of the encoder and of the first decoder, as they run within."""
+    convs = [next(m for m in part.modules() if isinstance(m, torch.nn.Conv2d)) for part in (net.encoder, net.msd)]
+    seen: list[torch.dtype] = []
+    hooks = [c.register_forward_hook(lambda m, i, out: seen.append(out.dtype)) for c in convs]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_first_pass_keeps_float16_the_feedback_passes_compute_in_float32(checkpointing):
+    """The first pass carries no feedback and only computes the next one's, whose effect is linear in it: under
+    float16 autocast it keeps float16 (11-bit significand), while a pass with feedback computes in float32; under
+    bfloat16 (8 bits) the first pass computes in float32 too. Checkpointing recomputes each pass as it ran."""
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 3, (2, 1, 32, 32), generator=torch.Generator().manual_seed(1))
+    loss = MGRADLoss()
+    recomputed = 2 if checkpointing else 0  # the backward pass recomputes each checkpointed convolution once
+    for dtype, first_pass_dtype in ((torch.float16, torch.float16), (torch.bfloat16, torch.float32)):
+        net = small_net(checkpointing=checkpointing)
+        with conv_output_dtypes(net) as seen, torch.autocast("cpu", dtype=dtype):
+            first = net(x)
+        assert seen == [first_pass_dtype] * 2
+        with conv_output_dtypes(net) as seen:  # the backward pass outside autocast, as a trainer runs it
+            loss(first, target).backward()
+        assert seen == [first_pass_dtype] * recomputed
+        with conv_output_dtypes(net) as seen, torch.autocast("cpu", dtype=dtype):
+            second = net(x, net.feedback_from(first))
+        assert seen == [torch.float32] * 2
+        with conv_output_dtypes(net) as seen:
+            loss(second, target).backward()
+        assert seen == [torch.float32] * recomputed
+    reference = feedback_effect(small_net().double(), x.double(), None)
+    effect = feedback_effect(small_net(), x, torch.float16)
+    assert ((effect - reference).norm() / reference.norm()).item() < 0.1  # measured 3e-3
 
 
 def test_feedback_precision_keeps_float32_eval_and_weights():

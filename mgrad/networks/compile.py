@@ -7,13 +7,18 @@ side heads each become one graph (forward and backward), compiled once for their
 What the compiler pays for here is fusion: the batch norms, activations, residual sums, the interpolation and the
 split-bfloat16 operands of :mod:`mgrad.networks.precision` are elementwise work around the convolutions.
 
+A region's code is shared by the blocks of its kind (five encoder stages, five receptive field blocks) and compiled
+once for each shape it meets and each kind of pass (with feedback or without: in a pass without it, float16 and
+TF32 keep the low precision, see :mod:`mgrad.networks.precision`), so Dynamo's recompilation limit is raised to
+four graphs a region (``torch._dynamo.config.recompile_limit``, where it is lower).
+
 Compiled artefacts are cached on disk (Inductor's FX graph and autotuning caches) in ``cache_dir``, so a second run
 of the same network on the same machine warms up from the cache.
 """
 
 import os
-from collections.abc import Iterable
 
+import torch._dynamo
 from torch import nn
 
 __all__ = ["compile_regions"]
@@ -51,7 +56,10 @@ def compile_regions(
     if cache_dir is not None:
         os.makedirs(cache_dir, exist_ok=True)
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(cache_dir))
-    regions: Iterable[nn.Module] = network.regions() if hasattr(network, "regions") else [network]
+    regions: list[nn.Module] = list(network.regions()) if hasattr(network, "regions") else [network]
+    limit = 4 * len(regions)  # shapes x kinds of pass x train and eval, for the regions one code object serves
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # < 2.7
+    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
     for region in regions:
         region.compile(mode=mode, backend=backend, fullgraph=fullgraph)
     return network

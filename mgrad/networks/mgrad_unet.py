@@ -1,7 +1,7 @@
 """MGRAD-UNet: multi-gated reverse attention multi-scale differential UNet (Scientific Reports, 2024)."""
 
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -11,7 +11,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from mgrad.networks.blocks import DifferentialDecoder, ReceptiveFieldBlock, ResidualEncoderStage, SideHeads
-from mgrad.networks.precision import use_feedback_precision
+from mgrad.networks.precision import (
+    feedback_free_pass,
+    float32_needed,
+    in_feedback_free_pass,
+    use_feedback_precision,
+)
 
 __all__ = ["MGRADUNet", "MGRADOutput", "MGRADUnet", "MgradUNet"]
 
@@ -75,10 +80,13 @@ class MGRADUNet(nn.Module):
         feedback_precision: what computes in float32 in train mode where low precision is in force (autocast
             on the input's device, or float32 on CUDA with TF32 convolutions allowed). The feedback changes the
             logits by about 0.5% (``feedback_scale`` 1e-3), at the resolution of float16, bfloat16 and TF32, and the
-            change is sensitive to rounding anywhere in the network. ``"full"`` (default): every convolution and
-            everything between them computes in float32 (on CUDA each convolution as a split bfloat16 product on
-            TF32 tensor cores, on CPU as a float32 convolution; see :mod:`mgrad.networks.precision`); the change of
-            the logits keeps float32's accuracy. ``"split"``: the encoder and the RFBs stay in the low precision
+            change is sensitive to rounding anywhere in the network. ``"full"`` (default): in a pass with feedback,
+            every convolution and everything between them computes in float32 (on CUDA each convolution as a split
+            bfloat16 product on TF32 tensor cores, on CPU as a float32 convolution; see
+            :mod:`mgrad.networks.precision`); the change of the logits keeps float32's accuracy. A pass without
+            feedback (the first) only computes the next pass's feedback, whose effect is linear in it: it keeps
+            float16 and TF32 (the feedback then about 2% off, and with it the change) and computes in float32 under
+            bfloat16. ``"split"``: the encoder and the RFBs stay in the low precision
             (their rounding is the same in every pass), the feedback is added to the RFB outputs in float32 and
             the decoders and side heads compute in float32: cheaper; the change is exact for the low-precision RFB
             outputs, which can differ from float32's enough to change it by tens of percent. ``"autocast"``: all in
@@ -178,6 +186,12 @@ class MGRADUNet(nn.Module):
             >>> out.pred2.shape, [f.shape[-1] for f in out.features1]   # (2, 3, 32, 32), [32, 16, 8]
         """
         self.check_input(x, feedback)
+        if torch.jit.is_scripting():
+            return self._forward(x, feedback)
+        with feedback_free_pass(feedback is None):  # what computes in float32 differs (mgrad.networks.precision)
+            return self._forward(x, feedback)
+
+    def _forward(self, x: Tensor, feedback: list[Tensor] | None) -> Tensor | MGRADOutput:
         rfb_out: list[Tensor] = []
         h = x
         for i, (stage, rfb) in enumerate(zip(self.encoder, self.rfbs)):
@@ -185,9 +199,10 @@ class MGRADUNet(nn.Module):
                 h = self.pool(h)
             h = stage(h) if torch.jit.is_scripting() else self._block(stage, "all", h)
             rfb_out.append(rfb(h) if torch.jit.is_scripting() else self._block(rfb, "rfb", h))
-        if self.training and self.feedback_precision != "autocast":
-            # the decoders compute in float32 where low precision is in force (see mgrad.networks.precision)
-            rfb_out = [r.float() if r.dtype in (torch.float16, torch.bfloat16) else r for r in rfb_out]
+        if not torch.jit.is_scripting():
+            if self.training and self.feedback_precision != "autocast" and float32_needed(rfb_out[0]):
+                # the decoders compute in float32 where low precision is in force (see mgrad.networks.precision)
+                rfb_out = [r.float() if r.dtype in (torch.float16, torch.bfloat16) else r for r in rfb_out]
         if feedback is not None:
             rfb_out = [r + f for r, f in zip(rfb_out, feedback)]
         if torch.jit.is_scripting():
@@ -258,14 +273,22 @@ class KeepBatchNormStatistics:
 
 
 def _checkpoint(module: Callable[..., Any], *args: Any) -> Any:
-    """``module(*args)`` under non-reentrant activation checkpointing, batch-norm statistics updated once."""
+    """``module(*args)`` under non-reentrant activation checkpointing, batch-norm statistics updated once, the
+    recomputation in the backward pass computing in the precision of the forward pass (with or without feedback)."""
+    feedback_free = in_feedback_free_pass()
     return checkpoint(
         module,
         *args,
         use_reentrant=False,
         preserve_rng_state=False,  # MGRAD-UNet has no randomness (no dropout)
-        context_fn=lambda: (nullcontext(), KeepBatchNormStatistics(module)),
+        context_fn=lambda: (nullcontext(), _recomputation(module, feedback_free)),
     )
+
+
+@contextmanager
+def _recomputation(module: nn.Module, feedback_free: bool) -> Iterator[None]:
+    with KeepBatchNormStatistics(module), feedback_free_pass(feedback_free):
+        yield
 
 
 MGRADUnet = MgradUNet = MGRADUNet
