@@ -20,9 +20,8 @@ are exactly ``nn.ConvNd``'s; TorchScript compiles them as such.
 A pass that carries no feedback (MGRAD-UNet's first pass, inside :func:`feedback_free_pass`) only computes the
 feedback of the next one, whose change of the logits is linear in it: a relative error of the feedback is the same
 relative error of that change, not a loss of it. There the convolutions keep the low precision where it keeps an
-11-bit significand (float16 autocast, TF32; the full-size network's feedback 1.8-2.2% off at initialisation, the
-released code's own first pass on a GPU computes in TF32) and compute in float32 under bfloat16 autocast (8 bits:
-15% off).
+11-bit significand (float16 autocast, and TF32, PyTorch's default for float32 convolutions on a GPU: the full-size
+network's feedback 1.8-2.2% off at initialisation) and compute in float32 under bfloat16 autocast (8 bits: 15% off).
 """
 
 from collections.abc import Iterator
