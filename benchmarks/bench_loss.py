@@ -6,10 +6,9 @@
 One call is the loss of MGRAD-UNet's side maps (``AggregatedLoss(default_segmentation_loss(squared_pred=True))``,
 the paper preset's loss: 31 subsets for 5 maps), forward and backward. ``fused`` is the default
 (:func:`mgrad.losses.aggregated_dice_ce.aggregated_dice_ce`), ``unfused`` the same loss with ``fused=False``
-(``DiceCELoss`` on each subset sum). Each form
-runs in its own fresh process: one untimed call, then ``--repeats`` timed calls (the median is reported); "peak MiB"
-is the process's peak memory during the timed calls above its memory before them (on CUDA the peak allocated GPU
-memory). The two forms' values are printed, so their agreement can be read off. ``--json PATH`` writes the results
+(``DiceCELoss`` on each subset sum). Each form runs in its own fresh process: one untimed call, then ``--repeats``
+timed calls (the median is reported); "peak MiB" is the process's peak memory during the timed calls above its
+memory before them (on CUDA the peak allocated GPU memory). The two forms' values are printed, so their agreement can be read off. ``--json PATH`` writes the results
 (and the machine line) to a JSON file. ``--exact-memory`` (CPU): the peak of live tensors, as in
 ``bench_train_step.py`` (glibc otherwise keeps freed blocks, which the unfused form's many small tensors reuse
 unseen); its page faults slow both forms, so compare its times only with each other.

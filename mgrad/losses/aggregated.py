@@ -25,7 +25,7 @@ class AggregatedLoss(_Loss):
     ``DiceCELoss`` on class-index targets (the MGRAD-UNet loss;
     :func:`~mgrad.losses.aggregated_dice_ce.fusable_dice_ce` says which settings) runs as one fused operation
     instead (:func:`~mgrad.losses.aggregated_dice_ce.aggregated_dice_ce`): the same values and gradients, computed in
-    float32 (float64 for float64 maps), in less time and a fraction of the memory.
+    float32 (float64 for float64 maps), in under half the memory.
 
     Args:
         loss: the loss ``L(input, target) -> scalar`` of each subset sum, e.g. ``monai.losses.DiceCELoss``.
