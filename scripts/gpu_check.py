@@ -1,7 +1,7 @@
 """The GPU check: the GPU benchmarks and a short ``mgrad reproduce acdc``, every figure in one JSON.
 
     python scripts/gpu_check.py --out DIR [--acdc-pack .device/acdc.pkl.xz --unpack .device/unpack_acdc.py]
-        [--parts train_step reproduce inference profile feedback_trained feedback] [--train-seconds 90]
+        [--parts train_step reproduce inference feedback feedback_trained profile] [--train-seconds 90]
         [--budget 510]
 
 Run by ``scripts/gpu_check.sh`` on a bare GPU machine (it installs the wheels first). Each part runs as its own
@@ -12,23 +12,24 @@ check with its installation takes at most 9 minutes): a part runs for at most it
 is recorded as ``"skipped"`` where less than 20 s is left. A part stopped at its limit is killed with the processes
 it started.
 
-Parts, in the order they run (the issue's targets first, so a slow machine loses the least of them):
-``train_step`` (benchmarks/bench_train_step.py: plain float32 against the bundle's CUDA settings, ``cl+fused``, with
-float16 autocast, and with every block checkpointed for memory (the receptive field blocks alone keep about 0.6 of
-a float32 pass's activation memory, all blocks about 0.4); the inexact modes' speed is in ``feedback``), ``compile``
-(the bundle's settings and float16 with regional compilation, each compiled configuration run twice: cold and from
-Inductor's cache), ``loss`` (benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's ``DiceCELoss`` on
-each subset, batch 12, 9 classes), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``,
-evaluated under both test protocols), ``inference`` (benchmarks/bench_inference.py: per-slice speed at batch 12 and
-the label agreement with float32, on the trained weights where ``reproduce`` ran first, else random ones),
-``inference_compile`` (the same with the compiled fast path too, its compilation timed as the warm-up), the
-end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process
-and as the inference engine's run: volumes per second with and without the start-up), ``profile``
-(benchmarks/profile_step.py: where the time of a training iteration and of an inference call goes, by operator,
-kernel and convolution, in ``DIR/profile/``), ``feedback_trained`` (the feedback's error of each precision mode on
-the trained weights and real slices, against float64), ``feedback`` (benchmarks/bench_feedback_precision.py: the
-feedback's error against float64 and the training step of every precision mode, paper widths, batch 12, 224x224,
-channels-last). ``compile``, ``loss`` and ``inference_compile`` run only when named.
+Parts, in the order they run (the issue's targets first, then the checks of the feedback's precision, then the
+profile, so a slow machine loses the least of them): ``train_step`` (benchmarks/bench_train_step.py: plain float32
+against the bundle's CUDA settings, ``cl+fused``, with float16 autocast, and with every block checkpointed for
+memory (the receptive field blocks alone keep about 0.6 of a float32 pass's activation memory, all blocks about
+0.4); the inexact modes' speed is in ``feedback``), ``compile`` (the bundle's settings and float16 with regional
+compilation, each compiled configuration run twice: cold and from Inductor's cache), ``loss``
+(benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's ``DiceCELoss`` on each subset, batch 12, 9
+classes), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
+protocols), ``inference`` (benchmarks/bench_inference.py: per-slice speed at batch 12 and the label agreement with
+float32, on the trained weights where ``reproduce`` ran first, else random ones), ``inference_compile`` (the same
+with the compiled fast path too, its compilation timed as the warm-up), the end-to-end inference (after
+``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference
+engine's run: volumes per second with and without the start-up), ``feedback``
+(benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training step of every
+precision mode, paper widths, batch 12, 224x224, channels-last), ``feedback_trained`` (the feedback's error of each
+precision mode on the trained weights and real slices, against float64), ``profile`` (benchmarks/profile_step.py:
+where the time of a training iteration and of an inference call goes, by operator, kernel and convolution, in
+``DIR/profile/``). ``compile``, ``loss`` and ``inference_compile`` run only when named.
 """
 
 import argparse
@@ -50,11 +51,11 @@ PARTS = (
     "reproduce",
     "inference",
     "inference_compile",
-    "profile",
-    "feedback_trained",
     "feedback",
+    "feedback_trained",
+    "profile",
 )
-DEFAULT_PARTS = ("train_step", "reproduce", "inference", "profile", "feedback_trained", "feedback")
+DEFAULT_PARTS = ("train_step", "reproduce", "inference", "feedback", "feedback_trained", "profile")
 
 
 class Budget:
@@ -206,16 +207,16 @@ def main() -> None:
                 "engine_volumes_per_second": count / engine if engine else None,
             },
         )
+    feedback = [py, "benchmarks/bench_feedback_precision.py", "--device", "cuda", *bench]
+    if "feedback" in args.parts:
+        bench_part("feedback", feedback + ["--preset", "paper", "--steps", "3", "--channels-last"], 200)
+    if "feedback_trained" in args.parts and weights is not None:
+        images = ["--checkpoint", str(weights), "--images", str(data / "slices")]
+        bench_part("feedback_trained", feedback + ["--no-timing", *images], 120)
     if "profile" in args.parts:
         command = [py, "benchmarks/profile_step.py", "--out", str(out / "profile"), *bench, "--preset", "paper"]
         result = run(out, "profile", command, 120, budget)
         record("profile", {**result, "result": read_json(out / "profile" / "profile.json")})
-    feedback = [py, "benchmarks/bench_feedback_precision.py", "--device", "cuda", *bench]
-    if "feedback_trained" in args.parts and weights is not None:
-        images = ["--checkpoint", str(weights), "--images", str(data / "slices")]
-        bench_part("feedback_trained", feedback + ["--no-timing", *images], 120)
-    if "feedback" in args.parts:
-        bench_part("feedback", feedback + ["--preset", "paper", "--steps", "3", "--channels-last"], 200)
 
 
 if __name__ == "__main__":

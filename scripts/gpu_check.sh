@@ -2,7 +2,7 @@
 # The GPU check on a bare GPU machine without network (torch with CUDA there; monai, nibabel, pytorch-ignite, fire
 # and termcolor given as wheels): installs the wheels, then runs scripts/gpu_check.py, which writes every figure to
 # OUT_DIR/gpu_check.json (see its docstring). The default parts (the training step, a 90 s reproduction, inference,
-# a profile, the feedback's precision) take about 8.5 minutes on one H100/H200, and never more than 9 with the
+# the feedback's precision, a profile) take about 8.5 minutes on one H100/H200, and never more than 9 with the
 # installation: they share a budget of 510 s (--budget), and a part without time left is recorded as skipped. The
 # compiled parts run on their own: --parts compile (training, up to 7 minutes), --parts inference_compile (up to 6
 # minutes); --parts loss (the fused aggregated loss against the unfused one) takes about half a minute.
