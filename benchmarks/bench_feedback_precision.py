@@ -35,14 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train_step import make_batch  # noqa: E402
-from common import (  # noqa: E402
-    PRESET_WIDTHS,
-    in_fresh_process,
-    machine_summary,
-    peak_mib_since,
-    start_memory,
-    trained_mgrad_unet,
-)
+from common import PRESET_WIDTHS, PeakMemory, in_fresh_process, machine_summary, trained_mgrad_unet  # noqa: E402
 
 FEEDBACK_PRECISIONS = ("full", "split", "autocast")
 
@@ -188,7 +181,7 @@ def time_row(precision, feedback_precision, network, size, batch, steps, device_
         sync()
         if engine.state.iteration == 2:  # after the warm-up
             if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
+                memory.restart()  # without the warm-up's autotuning workspaces (the CPU's peak counts the run's growth)
             times.clear()
         times.append(-time.perf_counter())
 
@@ -198,15 +191,14 @@ def time_row(precision, feedback_precision, network, size, batch, steps, device_
 
     trainer.add_event_handler(Events.ITERATION_STARTED, started)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, completed)
-    base = start_memory()
+    memory = PeakMemory(device)
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = precision != "fp32"
     try:
         trainer.run()
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_mib_since(base)
-    return {"seconds": statistics.median(times), "peak_mib": peak}
+    return {"seconds": statistics.median(times), "peak_mib": memory.mib()}
 
 
 def main() -> None:

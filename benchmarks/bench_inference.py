@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import in_fresh_process, machine_summary, peak_mib_since, start_memory, trained_mgrad_unet  # noqa: E402
+from common import PeakMemory, in_fresh_process, machine_summary, trained_mgrad_unet  # noqa: E402
 
 NETWORKS = ("MGRADUNet", "BasicUNet", "UNet")
 
@@ -126,16 +126,12 @@ def run_row(
         inferer(volume[..., :2], network)  # warm-up: kernel selection, weight layout, autotuning, compilation
         sync()
         warmup = time.perf_counter() - start
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        base = start_memory()
+        memory = PeakMemory(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         logits = inferer(volume, network)
         sync()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        peak = peak_mib_since(base)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated() / 2**20
+        peak = memory.mib()
         labels = logits.argmax(1).to(torch.uint8).cpu()
         top2 = logits.float().topk(2, dim=1).values
         margin = (top2[:, 0] - top2[:, 1]).median().item()

@@ -7,9 +7,10 @@ One call is the loss of MGRAD-UNet's side maps (``AggregatedLoss(default_segment
 the paper preset's loss: 31 subsets for 5 maps), forward and backward. ``fused`` is the default
 (:func:`mgrad.losses.aggregated_dice_ce.aggregated_dice_ce`), ``unfused`` the same loss with ``fused=False``
 (``DiceCELoss`` on each subset sum). Each form runs in its own fresh process: one untimed call, then ``--repeats``
-timed calls (the median is reported); "peak MiB" is the process's peak memory during the timed calls above its
-memory before them (on CUDA the peak allocated GPU memory). The two forms' values are printed, so their agreement can be read off. ``--json PATH`` writes the results
-(and the machine line) to a JSON file. ``--exact-memory`` (CPU): the peak of live tensors, as in
+timed calls (the median is reported); "peak MiB" is the peak memory during the timed calls above the memory before
+them (the process's resident memory; on CUDA allocated GPU memory). The two forms' values are printed, so their
+agreement can be read off. ``--json PATH`` writes the results (and the machine line) to a JSON file.
+``--exact-memory`` (CPU): the peak of live tensors, as in
 ``bench_train_step.py`` (glibc otherwise keeps freed blocks, which the unfused form's many small tensors reuse
 unseen); its page faults slow both forms, so compare its times only with each other.
 """
@@ -20,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import exact_memory, in_fresh_process, machine_summary, peak_mib_since, start_memory
+from common import PeakMemory, exact_memory, in_fresh_process, machine_summary
 
 
 def run_form(fused: bool, batch: int, classes: int, size: int, maps: int, repeats: int, threads: int) -> dict:
@@ -44,17 +45,13 @@ def run_form(fused: bool, batch: int, classes: int, size: int, maps: int, repeat
         return value.item()
 
     value = call()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = start_memory()
+    memory = PeakMemory(device, above_start=True)  # what the loss adds: the maps and targets are there before it
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else peak_mib_since(base)
+    peak = memory.mib()
     return {"seconds": statistics.median(times), "all_seconds": times, "peak_mib": peak, "loss": value}
 
 

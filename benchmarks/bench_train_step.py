@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import exact_memory, in_fresh_process, machine_summary, peak_mib_since, start_memory  # noqa: E402
+from common import PeakMemory, exact_memory, in_fresh_process, machine_summary  # noqa: E402
 
 DEFAULT_CONFIGS = ("plain", "amp", "amp+rfbckpt", "amp+ckpt")
 
@@ -123,13 +123,9 @@ def run_config(config: str, batch: int, size: int, warmup: int, steps: int, thre
 
     trainer.add_event_handler(Events.ITERATION_STARTED, started)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, completed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    base = start_memory()
+    memory = PeakMemory(device)
     trainer.run()
-    peak = peak_mib_since(base)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
+    peak = memory.mib()
     return {
         "seconds": statistics.median(times[warmup:]),
         "cpu_seconds": statistics.median(cpu_times[warmup:]),

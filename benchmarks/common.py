@@ -18,6 +18,8 @@ __all__ = [
     "memory_kib",
     "start_memory",
     "peak_mib_since",
+    "PeakMemory",
+    "exact_memory",
     "in_fresh_process",
     "machine_summary",
     "trained_mgrad_unet",
@@ -51,6 +53,42 @@ def start_memory() -> int:
 def peak_mib_since(base_kib: int) -> float:
     """Peak resident memory since :func:`start_memory` returned ``base_kib``, above it, in MiB."""
     return (memory_kib("VmHWM") - base_kib) / 1024
+
+
+class PeakMemory:
+    """The peak memory of a measured stretch, from construction or :meth:`restart` on: on CUDA the peak of allocated
+    GPU memory, all of it (a training step's or an inference's footprint) or, with ``above_start``, above what was
+    allocated at the start (what one operation adds); elsewhere this process's peak resident memory above its
+    resident memory at the start (Linux; see :func:`exact_memory`).
+
+    Example::
+
+        >>> memory = PeakMemory(device)
+        >>> trainer.run()
+        >>> memory.mib()
+    """
+
+    def __init__(self, device: Any, above_start: bool = False) -> None:
+        self.cuda, self.above_start = device.type == "cuda", above_start
+        self.restart()
+
+    def restart(self) -> None:
+        """Measure from now on."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = start_memory()
+
+    def mib(self) -> float:
+        """The peak since the start, in MiB."""
+        if not self.cuda:
+            return peak_mib_since(self.start)
+        import torch
+
+        return (torch.cuda.max_memory_allocated() - (self.start if self.above_start else 0)) / 2**20
 
 
 def exact_memory() -> None:
