@@ -7,7 +7,8 @@ __all__ = ["seed_training"]
 
 
 def seed_training(seed: int | None, deterministic: bool = False) -> None:
-    """Seed every random generator (:func:`monai.utils.set_determinism`) and choose cuDNN's algorithms.
+    """Seed every random generator (:func:`monai.utils.set_determinism`) and choose cuDNN's algorithms, for a
+    training run (the bundle's ``train.json``) or an inference run (``inference.json``).
 
     MONAI's ``set_determinism(seed)`` also turns cuDNN's deterministic mode on and its autotuning off, which on a GPU
     runs MGRAD-UNet's convolutions with slower algorithms. Here the seed fixes the data order, the augmentations and
