@@ -202,7 +202,7 @@ def test_the_first_pass_keeps_float16_the_feedback_passes_compute_in_float32(che
         assert seen == [torch.float32] * recomputed
     reference = feedback_effect(small_net().double(), x.double(), None)
     effect = feedback_effect(small_net(), x, torch.float16)
-    assert ((effect - reference).norm() / reference.norm()).item() < 0.1  # measured 3e-3
+    assert ((effect - reference).norm() / reference.norm()).item() < 0.1  # measured 7.8e-3
 
 
 def test_feedback_precision_keeps_float32_eval_and_weights():
