@@ -138,7 +138,7 @@ class _AggregatedDiceCE(torch.autograd.Function):
             grad_maps = prob.new_zeros(subsets.shape[1], prob[0].numel())
             for rows in _chunks(prob.shape[0]):
                 # with g = dL/dp = u - b [t = c] (u = a q p**(q-1)), dz = p (g - sum_k p_k g_k) + ce (p - onehot)
-                # = p (u + r) - [t = c] (b_t p_t + ce), r = b_t p_t + ce - sum_k p_k u_k: three passes over p
+                # = p (u + r) - [t = c] (b_t p_t + ce), r = b_t p_t + ce - sum_k p_k u_k: four elementwise passes
                 p, at = prob[rows], index[rows]
                 target_term = b_t[rows] * p.gather(2, at) + ce_scale[rows]
                 if squared:
