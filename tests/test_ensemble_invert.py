@@ -127,3 +127,17 @@ def test_slab_wise_inversion_equals_the_whole(case):
     for key in ("pred", "prob"):
         assert torch.equal(slabs[key].as_tensor(), whole[key].as_tensor())
         np.testing.assert_allclose(slabs[key].affine.numpy(), whole[key].affine.numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the inversion of GPU outputs needs one")
+def test_outputs_on_a_gpu_invert_as_on_the_cpu(case):
+    pre, data, logits, _ = case
+    expected = InvertLabelsd(pre, prob_key="prob", slab=2)({"pred": logits.clone(), **data})
+    on_gpu = {**data, "image": data["image"].to("cuda")}
+    out = InvertLabelsd(pre, prob_key="prob", slab=2)({"pred": logits.cuda(), **on_gpu})
+    assert out["pred"].device.type == out["prob"].device.type == "cpu"  # the whole volume in host memory
+    labels = InvertLabelsd(pre)({"pred": logits.cuda(), **on_gpu})["pred"]
+    for found in (out["pred"], labels):  # the GPU's resampling rounds differently: ties may fall otherwise
+        assert (found.cpu().as_tensor() == expected["pred"].as_tensor()).float().mean() > 0.999
+    steps = (out["prob"].as_tensor().int() - expected["prob"].as_tensor().int()).abs()
+    assert steps.max() <= 2

@@ -118,7 +118,7 @@ class InvertLabelsd(Transform):
                 labels = torch.empty((*slab_labels.shape[:-1], pred.shape[-1]), dtype=torch.uint8)
                 if slab_probs is not None:
                     probs = torch.empty((*slab_probs.shape[:-1], pred.shape[-1]), dtype=torch.uint16)
-            labels[..., zs] = slab_labels
+            labels[..., zs] = slab_labels.cpu()  # the whole volume's labels in host memory, for the writer
             if probs is not None:
                 probs[..., zs] = slab_probs
         if probs is not None:
@@ -148,7 +148,7 @@ class InvertLabelsd(Transform):
     def _argmax(self, d: dict, pred: torch.Tensor, first: list) -> torch.Tensor:
         for c, channel in self._channels(d, pred, first):
             if c == 0:
-                best, labels = channel, torch.zeros(channel.shape, dtype=torch.uint8)
+                best, labels = channel, torch.zeros_like(channel, dtype=torch.uint8)
                 continue
             labels.masked_fill_(channel > best, c)
             torch.maximum(best, channel, out=best)
@@ -158,17 +158,17 @@ class InvertLabelsd(Transform):
         # first pass: running maximum and running sum of exponentials (rescaled as the maximum grows)
         for c, channel in self._channels(d, pred, first):
             if c == 0:
-                top, total = channel, torch.ones(channel.shape)
+                top, total = channel, torch.ones_like(channel)
                 continue
             new_top = torch.maximum(top, channel)
             total.mul_(top.sub_(new_top).exp_()).add_(channel.sub_(new_top).exp_())
             top = new_top
         # second pass: quantised probabilities, and labels as the argmax of the stored steps (exact in float32)
         probs = torch.empty((pred.shape[0], *top.shape[1:]), dtype=torch.uint16)
-        labels = torch.zeros(top.shape, dtype=torch.uint8)
+        labels = torch.zeros_like(top, dtype=torch.uint8)
         for c, channel in self._channels(d, pred, []):
             steps = channel.sub_(top).exp_().div_(total).mul_(PROBABILITY_SCALE).round_()
-            probs[c : c + 1] = steps.to(torch.uint16)
+            probs[c : c + 1] = steps.cpu().to(torch.uint16)  # (uint16 has few operations on a GPU)
             if c == 0:
                 best = steps
                 continue
