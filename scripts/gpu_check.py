@@ -2,7 +2,7 @@
 
     python scripts/gpu_check.py --out DIR [--acdc-pack .device/acdc.pkl.xz --unpack .device/unpack_acdc.py]
         [--parts train_step reproduce inference feedback feedback_trained profile] [--train-seconds 90]
-        [--budget 510]
+        [--budget 510] [--archive FILE.tar.gz]
 
 Run by ``scripts/gpu_check.sh`` on a bare GPU machine (it installs the wheels first). Each part runs as its own
 command with a time limit, its output in ``DIR/<part>.log``; ``DIR/gpu_check.json`` collects the machine, each
@@ -10,7 +10,8 @@ part's exit status, duration and results, and is rewritten after every part, so 
 time loses nothing of the others. All parts together stay within ``--budget`` seconds (510 by default, so that the
 check with its installation takes at most 9 minutes): a part runs for at most its own limit or what is left, and
 is recorded as ``"skipped"`` where less than 20 s is left. A part stopped at its limit is killed with the processes
-it started.
+it started. ``--archive FILE.tar.gz`` also packs the whole folder (the report, every log and profile) into one file,
+rewritten after every part like the report: what a machine that returns only a few files should send back.
 
 Parts, in the order they run (the issue's targets first, then the checks of the feedback's precision, then the
 profile, so a slow machine loses the least of them): ``train_step`` (benchmarks/bench_train_step.py: plain float32
@@ -39,6 +40,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -102,6 +104,14 @@ def read_json(path: Path) -> object:
         return None
 
 
+def write_archive(folder: Path, archive: Path) -> None:
+    """``folder`` packed into the gzipped tar file ``archive`` under its own name, replaced in one step."""
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    partial.replace(archive)
+
+
 def engine_seconds(log: Path) -> float | None:
     """The inference engine's own run time (loading, resampling, the network, inversion, writing; not the process's
     start-up), from ignite's "Engine run finished. Time taken: HH:MM:SS.mmm" line in ``log``."""
@@ -132,6 +142,7 @@ def main() -> None:
     parser.add_argument(
         "--budget", type=float, default=510, help="seconds for all parts (default 510: the check in 9 minutes)"
     )
+    parser.add_argument("--archive", type=Path, default=None, help="also pack the folder into this .tar.gz file")
     args = parser.parse_args()
     budget = Budget(args.budget)
     out = args.out.resolve()
@@ -149,6 +160,8 @@ def main() -> None:
         partial = out / "gpu_check.json.partial"  # replaced in one step: a killed run leaves the last whole report
         partial.write_text(json.dumps(report, indent=1))
         partial.replace(out / "gpu_check.json")
+        if args.archive is not None:
+            write_archive(out, args.archive.resolve())
         print(f"{name}: {result.get('rc')} in {result.get('seconds')} s", flush=True)
 
     def bench_part(name: str, command: list[str], limit: float, **extra: object) -> None:

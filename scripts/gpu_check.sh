@@ -7,6 +7,7 @@
 # compiled parts run on their own: --parts compile (training, up to 7 minutes), --parts inference_compile (up to 6
 # minutes); --parts loss (the fused aggregated loss against the unfused one) takes about half a minute.
 #   bash scripts/gpu_check.sh OUT_DIR [WHEEL_DIR (.device/whl)] [more gpu_check.py options]
+# --archive FILE.tar.gz packs OUT_DIR (the report, every log, the profile) into one file as well.
 # The wheels and the packed ACDC data are made with ../shared/device/README.md's commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -51,9 +52,12 @@ def test_a_part_runs_for_what_the_budget_has_left_or_not_at_all(tmp_path, monkey
 
 
 def test_the_check_reports_every_part_it_skips(tmp_path):
-    command = [sys.executable, "scripts/gpu_check.py", "--out", str(tmp_path), "--parts", "train_step", "loss"]
-    subprocess.run(command + ["--budget", "0"], cwd=ROOT, check=True, capture_output=True)
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    out, archive = tmp_path / "check", tmp_path / "check.tar.gz"
+    command = [sys.executable, "scripts/gpu_check.py", "--out", str(out), "--parts", "train_step", "loss"]
+    subprocess.run(command + ["--budget", "0", "--archive", str(archive)], cwd=ROOT, check=True, capture_output=True)
+    report = json.loads((out / "gpu_check.json").read_text())
+    with tarfile.open(archive) as tar:  # the same report, packed for a machine that sends back few files
+        assert json.load(tar.extractfile("check/gpu_check.json")) == report
     assert report["budget_seconds"] == 0
     assert {name: part["rc"] for name, part in report["parts"].items()} == {"train_step": "skipped", "loss": "skipped"}
     assert "CPU" in report["machine"]
