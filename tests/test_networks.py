@@ -205,6 +205,44 @@ def test_the_first_pass_keeps_float16_the_feedback_passes_compute_in_float32(che
     assert ((effect - reference).norm() / reference.norm()).item() < 0.1  # measured 7.8e-3
 
 
+def decoder_input_dtypes(net: MGRADUNet, x: torch.Tensor, device_type: str, dtype: torch.dtype) -> set:
+    """The dtypes of every decoder convolution's input in an eval forward under ``dtype`` autocast."""
+    seen = set()
+    convs = [m for part in (net.msd, net.grad) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [c.register_forward_pre_hook(lambda m, args: seen.add(args[0].dtype)) for c in convs]
+    with torch.no_grad(), torch.autocast(device_type, dtype=dtype):
+        net.eval()(x)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_upsampling_keeps_the_low_precision_of_autocast(monkeypatch):
+    """CUDA autocast interpolates in float32 (PyTorch's list), which made every sum and difference after an
+    upsampling in the decoders float32 in a float16 forward; CPU autocast keeps the input's dtype. Emulated here:
+    F.interpolate in float32 wherever autocast is enabled, as on CUDA. The decoders' convolutions still see
+    bfloat16 only, and the logits are those of the unpatched forward."""
+    net, x = small_net(), torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = net.eval()(x)
+    interpolate = F.interpolate
+
+    def cuda_like_interpolate(t, *args, **kwargs):
+        upcast = torch.is_autocast_enabled("cpu")
+        return interpolate(t.float() if upcast else t, *args, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", cuda_like_interpolate)
+    assert decoder_input_dtypes(net, x, "cpu", torch.bfloat16) == {torch.bfloat16}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(net.eval()(x), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: CUDA autocast's interpolation needs one")
+def test_upsampling_keeps_float16_under_cuda_autocast():
+    net, x = small_net().cuda(), torch.rand(2, 1, 32, 32, device="cuda")
+    assert decoder_input_dtypes(net, x, "cuda", torch.float16) == {torch.float16}
+
+
 def test_feedback_precision_keeps_float32_eval_and_weights():
     nets = {mode: small_net(feedback_precision=mode) for mode in ("full", "split", "autocast")}
     x = torch.rand(2, 1, 32, 32)
