@@ -1,8 +1,8 @@
 """Whole-volume inference: MONAI's SliceInferer over the slice axis, with a fast path chosen by the hardware."""
 
 import copy
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mgrad.hardware import cpuinfo_field
 
-__all__ = ["VolumeSliceInferer", "fast_path_available", "fold_batch_norms"]
+__all__ = ["VolumeSliceInferer", "cudnn_autotuning", "fast_path_available", "fold_batch_norms"]
 
 
 def fast_path_available(device: torch.device) -> bool:
@@ -57,13 +57,27 @@ def fold_batch_norms(network: nn.Module) -> nn.Module:
     return folded
 
 
+@contextmanager
+def cudnn_autotuning(active: bool = True) -> Iterator[None]:
+    """Within: cuDNN autotunes its convolutions (where ``active``, and not in cuDNN's deterministic mode); on exit
+    the previous setting returns, so a validation inside a training run leaves the training's convolutions as
+    that run chose them (untuned by default, see :func:`mgrad.engines.seed_training`)."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = saved or (active and not torch.backends.cudnn.deterministic)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 class VolumeSliceInferer(SliceInferer):
     """``SliceInferer`` that runs a 2D network over every slice along ``spatial_dim`` (default 2: the last axis of
     ``(B, C, H, W, D)``), optionally on the fast path.
 
     The fast path runs an eval-mode copy of the network with its batch norms folded into the convolutions
     (:func:`fold_batch_norms`; kept until the network's weights change), in channels-last memory format, plus cuDNN
-    autotuning on CUDA (a last, smaller batch of slices is padded to ``sw_batch_size``, so it tunes once); where the
+    autotuning on CUDA during the call (:func:`cudnn_autotuning`; a last, smaller batch of slices is padded to
+    ``sw_batch_size``, so it tunes once); where the
     hardware computes low precision fast (:func:`fast_path_available`: CUDA, CPUs with AMX, AMD CPUs with AVX512-BF16)
     it runs under autocast (float16 on CUDA, bfloat16 on CPU). The output is float32 either way. ``fast=None`` (the
     default) takes the fast path everywhere, in float32 on other CPUs (folding and channels-last alone are about
@@ -158,8 +172,6 @@ class VolumeSliceInferer(SliceInferer):
         if not self.uses_fast_path(inputs.device):
             return super().__call__(inputs, network, *args, **kwargs)
         device_type = inputs.device.type
-        if device_type == "cuda":
-            torch.backends.cudnn.benchmark = True
         if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             network = network.module  # inference needs no gradient synchronisation: run the module itself
         model = self._fast_module(network) if isinstance(network, nn.Module) else network
@@ -177,6 +189,7 @@ class VolumeSliceInferer(SliceInferer):
         with (
             torch.autocast(device_type, dtype=dtype, enabled=self.uses_low_precision(inputs.device)),
             self._compiler_settings(device_type),
+            cudnn_autotuning(device_type == "cuda"),
         ):
             return super().__call__(inputs, fast_network, *args, **kwargs)
 

@@ -30,12 +30,12 @@ def workflow(config_file, kind: str, **overrides) -> ConfigWorkflow:
 @pytest.mark.parametrize("names,kind", LAYERS)
 def test_layered_configs_pass_check_properties(names, kind, tmp_path, phantom_dir, monkeypatch):
     root = copy_bundle(tmp_path / "bundle")
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # restored after the test
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     flow = workflow(config_files(root, *names), kind, bundle_root=str(root), dataset_dir=str(phantom_dir))
     assert flow.check_properties() == []
-    # seeded, and cuDNN left to autotune (MONAI's set_determinism alone would turn both off on a GPU)
-    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    # seeded; cuDNN neither deterministic (MONAI's set_determinism alone would make it so) nor autotuning
+    assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
     assert flow.parser.get_parsed_content("network_def").__class__.__name__ in ("MGRADUNet", "BasicUNet")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mgrad.engines import MGRADTrainer
-from mgrad.inferers import VolumeSliceInferer, fast_path_available
+from mgrad.inferers import VolumeSliceInferer, cudnn_autotuning, fast_path_available
 from mgrad.losses import MGRADLoss
 from mgrad.networks import MGRADUNet
 
@@ -146,6 +146,25 @@ def trained_net() -> MGRADUNet:
     net = small_net()
     make_trainer(net, squares(4), max_epochs=8, feedback_passes=1).run()
     return net.eval()
+
+
+def test_inference_autotunes_cudnn_for_its_call_only(monkeypatch):
+    """The fast path autotunes cuDNN while it runs and restores the run's setting after (a validation inside
+    training must not leave the training's convolutions to be autotuned), and never in deterministic mode."""
+    for benchmark, deterministic, active, within in [
+        (False, False, True, True),
+        (False, False, False, False),
+        (True, False, False, True),
+        (False, True, True, False),
+    ]:
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", benchmark)  # restored after the test
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", deterministic)
+        with cudnn_autotuning(active):
+            assert torch.backends.cudnn.benchmark is within
+        assert torch.backends.cudnn.benchmark is benchmark
+    with pytest.raises(RuntimeError), cudnn_autotuning(True):  # restored when the inference fails too
+        raise RuntimeError
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_fast_inference_path_agrees_with_plain_path():

@@ -172,14 +172,16 @@ def test_rejects_bad_options():
         make_trainer(RecordingNet(), toy_batches(1), accumulation_steps=2)
 
 
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_seed_training_seeds_and_chooses_cudnn_algorithms(deterministic, monkeypatch):
+@pytest.mark.parametrize(
+    "deterministic,benchmark,autotuned", [(False, False, False), (False, True, True), (True, True, False)]
+)
+def test_seed_training_seeds_and_chooses_cudnn_algorithms(deterministic, benchmark, autotuned, monkeypatch):
     for flag in ("deterministic", "benchmark"):  # restored after the test
-        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
+        monkeypatch.setattr(torch.backends.cudnn, flag, not autotuned if flag == "benchmark" else not deterministic)
     draws = []
     for _ in range(2):
-        seed_training(3, deterministic)
+        seed_training(3, deterministic, benchmark)
         draws.append(torch.rand(4))
         assert torch.backends.cudnn.deterministic is deterministic
-        assert torch.backends.cudnn.benchmark is not deterministic
+        assert torch.backends.cudnn.benchmark is autotuned
     assert torch.equal(draws[0], draws[1])
