@@ -77,9 +77,8 @@ class VolumeSliceInferer(SliceInferer):
     The fast path runs an eval-mode copy of the network with its batch norms folded into the convolutions
     (:func:`fold_batch_norms`; kept until the network's weights change), in channels-last memory format, plus cuDNN
     autotuning on CUDA during the call (:func:`cudnn_autotuning`; a last, smaller batch of slices is padded to
-    ``sw_batch_size``, so it tunes once); where the
-    hardware computes low precision fast (:func:`fast_path_available`: CUDA, CPUs with AMX, AMD CPUs with AVX512-BF16)
-    it runs under autocast (float16 on CUDA, bfloat16 on CPU). The output is float32 either way. ``fast=None`` (the
+    ``sw_batch_size``, so it tunes once); where the hardware computes low precision fast
+    (:func:`fast_path_available`: CUDA, CPUs with AMX, AMD CPUs with AVX512-BF16) it runs under autocast (float16 on CUDA, bfloat16 on CPU). The output is float32 either way. ``fast=None`` (the
     default) takes the fast path everywhere, in float32 on other CPUs (folding and channels-last alone are about
     1.5x faster than the plain path there, with the same labels); ``True`` forces it with low
     precision (bfloat16 on any CPU, emulated and slow where not native), ``False`` runs the network as it is, in
