@@ -78,11 +78,11 @@ class VolumeSliceInferer(SliceInferer):
     (:func:`fold_batch_norms`; kept until the network's weights change), in channels-last memory format, plus cuDNN
     autotuning on CUDA during the call (:func:`cudnn_autotuning`; a last, smaller batch of slices is padded to
     ``sw_batch_size``, so it tunes once); where the hardware computes low precision fast
-    (:func:`fast_path_available`: CUDA, CPUs with AMX, AMD CPUs with AVX512-BF16) it runs under autocast (float16 on CUDA, bfloat16 on CPU). The output is float32 either way. ``fast=None`` (the
-    default) takes the fast path everywhere, in float32 on other CPUs (folding and channels-last alone are about
-    1.5x faster than the plain path there, with the same labels); ``True`` forces it with low
-    precision (bfloat16 on any CPU, emulated and slow where not native), ``False`` runs the network as it is, in
-    float32.
+    (:func:`fast_path_available`: CUDA, CPUs with AMX, AMD CPUs with AVX512-BF16) it runs under autocast (float16 on
+    CUDA, bfloat16 on CPU). The output is float32 either way. ``fast=None`` (the default) takes the fast path
+    everywhere, in float32 on other CPUs (folding and channels-last alone are about 1.5x faster than the plain path
+    there, with the same labels); ``True`` forces it with low precision (bfloat16 on any CPU, emulated and slow
+    where not native), ``False`` runs the network as it is, in float32.
 
     ``compile=True`` also compiles the folded copy with ``torch.compile`` (static shapes: every batch of slices is
     padded to ``sw_batch_size`` on any device, so it compiles once for each precision; on CPU with

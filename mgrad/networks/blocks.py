@@ -43,9 +43,9 @@ def interpolate(
     CUDA autocast computes interpolation in float32 (PyTorch's autocast list), so in a float16 forward every sum and
     absolute difference after an upsampling became float32 and the next convolution cast it back: on an H200 the
     float16 fast path's float32 upsampling alone took 22% of an eval forward (4.4 of 20.2 ms at batch 12; another
-    3.8 ms in the float32 sums, differences and absolute values after it). Here the interpolation of a float16 or bfloat16 map
-    keeps its dtype (its arithmetic accumulates in float32 either way; only its result is rounded, as the
-    convolution before it rounded its own); float32 maps and runs without autocast are ``F.interpolate``'s.
+    3.8 ms in the float32 sums, differences and absolute values after it). Here the interpolation of a float16 or
+    bfloat16 map keeps its dtype (its arithmetic accumulates in float32 either way; only its result is rounded, as
+    the convolution before it rounded its own); float32 maps and runs without autocast are ``F.interpolate``'s.
     """
     if not torch.jit.is_scripting():
         if autocast_enabled(x.device.type):
