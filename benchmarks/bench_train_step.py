@@ -14,7 +14,9 @@ iteration (same seed, same data), so the configurations' numerics can be compare
 Configurations (combine with "+"): ``plain`` fp32; ``amp`` bfloat16 autocast on CPU (float16 + grad scaler on
 CUDA), ``MGRADTrainer(amp=True)``; ``cl`` channels-last memory format (``channels_last=True``); ``ckpt``
 activation checkpointing of every encoder stage, RFB and decoder (``MGRADUNet(checkpointing="all")``); ``rfbckpt``
-of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``); ``fbsplit``/``fbautocast``:
+of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``); ``selckpt`` selective checkpointing of
+the blocks of ``ckpt``, the outputs of their spatial convolutions kept (``MGRADUNet(checkpointing="selective")``);
+``fbsplit``/``fbautocast``:
 ``MGRADUNet(feedback_precision="split"/"autocast")`` in place of the default ``"full"`` (which part computes in float32
 under ``amp``; see ``bench_feedback_precision.py``); ``bf16`` bfloat16 autocast on CUDA too (no gradient scaler);
 ``fused`` the fused AdamW (``torch.optim.AdamW(fused=True)``), which also skips a non-finite step on the device;
@@ -71,7 +73,8 @@ def build_trainer(config: str, batch: int, size: int, iterations: int, widths: d
     options = set(config.split("+"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    checkpointing = "all" if "ckpt" in options else "rfb" if "rfbckpt" in options else "none"
+    modes = {"ckpt": "all", "rfbckpt": "rfb", "selckpt": "selective"}
+    checkpointing = next((mode for option, mode in modes.items() if option in options), "none")
     feedback_precision = "split" if "fbsplit" in options else "autocast" if "fbautocast" in options else "full"
     network = MGRADUNet(
         2, 1, 9, checkpointing=checkpointing, feedback_precision=feedback_precision, **(widths or {})

@@ -239,7 +239,7 @@ def convolution_table(found: dict[tuple, int], size: int) -> list[dict]:
 
 
 def stacked_split_conv(x, weight, bias, stride, padding, dilation, groups):
-    """The split-bfloat16 product of :class:`mgrad.networks.precision.SplitBFloat16Conv` as one convolution: the
+    """The split-bfloat16 product of :func:`mgrad.networks.precision.split_bfloat16_conv` as one convolution: the
     three products' operands stacked along the input channels (``[x_hi, x_lo, x_hi]`` with ``[w_hi, w_hi, w_lo]``),
     so one wider convolution sums them in its float32 accumulator (a candidate, timed here beside the three)."""
     import torch
@@ -265,7 +265,7 @@ def training_convolution_table(found: dict[tuple, int]) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from mgrad.networks.precision import SplitBFloat16Conv
+    from mgrad.networks.precision import split_bfloat16_conv
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -282,7 +282,7 @@ def training_convolution_table(found: dict[tuple, int]) -> list[dict]:
                 args = (stride, padding, dilation, groups)
                 variants = {
                     "tf32": partial(F.conv2d, x, w, b, *args),
-                    "split": partial(SplitBFloat16Conv.apply, x, w, b, *args, torch.float32),
+                    "split": partial(split_bfloat16_conv, x, w, b, *args, torch.float32),
                     "stacked": partial(stacked_split_conv, x, w, b, *args),
                     "fp16": partial(F.conv2d, x.half(), w.half(), b.half(), *args),
                 }

@@ -13,24 +13,24 @@ is recorded as ``"skipped"`` where less than 20 s is left. A part stopped at its
 it started. ``--archive FILE.tar.gz`` also packs the whole folder (the report, every log and profile) into one file,
 rewritten after every part like the report: what a machine that returns only a few files should send back.
 
-Parts, in the order they run (the issue's targets first, then the checks of the feedback's precision, then the
-profile, so a slow machine loses the least of them): ``train_step`` (benchmarks/bench_train_step.py: plain float32
-against the bundle's CUDA settings, ``cl+fused``, with float16 autocast, and with every block checkpointed for
-memory (the receptive field blocks alone keep about 0.6 of a float32 pass's activation memory, all blocks about
-0.4); the inexact modes' speed is in ``feedback``), ``compile`` (the bundle's settings and float16 with regional
-compilation, each compiled configuration run twice: cold and from Inductor's cache), ``loss``
+Parts, in the order they run (the issue's targets first, then the checks of the feedback's precision, then the profile,
+so a slow machine loses the least of them): ``train_step`` (benchmarks/bench_train_step.py: plain float32 against the
+bundle's CUDA settings, ``cl+fused``, with float16 autocast, with every block checkpointed for memory (about 0.4 of a
+float32 pass's activation memory), and with selective checkpointing (the spatial convolutions' outputs kept: about half
+of it, with less recomputed); the inexact modes' speed is in ``feedback``), ``compile`` (the bundle's settings and
+float16 with regional compilation, each compiled configuration run twice: cold and from Inductor's cache), ``loss``
 (benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's ``DiceCELoss`` on each subset, batch 12, 9
 classes), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
 protocols), ``inference`` (benchmarks/bench_inference.py: per-slice speed at batch 12 and the label agreement with
-float32, on the trained weights where ``reproduce`` ran first, else random ones), ``inference_compile`` (the same
-with the compiled fast path too, its compilation timed as the warm-up), the end-to-end inference (after
-``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference
-engine's run: volumes per second with and without the start-up), ``feedback``
-(benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training step of every
-precision mode, paper widths, batch 12, 224x224, channels-last), ``feedback_trained`` (the feedback's error of each
-precision mode on the trained weights and real slices, against float64), ``profile`` (benchmarks/profile_step.py:
-where the time of a training iteration and of an inference call goes, by operator, kernel and convolution, in
-``DIR/profile/``). ``compile``, ``loss`` and ``inference_compile`` run only when named.
+float32, on the trained weights where ``reproduce`` ran first, else random ones), ``inference_compile`` (the same with
+the compiled fast path too, its compilation timed as the warm-up), the end-to-end inference (after ``reproduce``:
+``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference engine's run: volumes per
+second with and without the start-up), ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error
+against float64 and the training step of every precision mode, paper widths, batch 12, 224x224, channels-last),
+``feedback_trained`` (the feedback's error of each precision mode on the trained weights and real slices, against
+float64), ``profile`` (benchmarks/profile_step.py: where the time of a training iteration and of an inference call goes,
+by operator, kernel and convolution, in ``DIR/profile/``). ``compile``, ``loss`` and ``inference_compile`` run only when
+named.
 """
 
 import argparse
@@ -172,7 +172,8 @@ def main() -> None:
     bench = ["--size", "224", "--batch", "12"]
     train_step = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs"]
     if "train_step" in args.parts:
-        bench_part("train_step", train_step + ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt"], 200)
+        configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt", "cl+fused+selckpt"]
+        bench_part("train_step", train_step + configs, 230)
     if "compile" in args.parts:
         bench_part("compile", train_step + ["plain", "cl+fused+compile", "amp+cl+fused+compile"], 420)
     if "loss" in args.parts:

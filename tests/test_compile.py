@@ -15,7 +15,7 @@ from mgrad.inferers import fold_batch_norms
 from mgrad.losses import AggregatedLoss, MGRADLoss
 from mgrad.losses.mgrad_loss import default_segmentation_loss
 from mgrad.networks import MGRADUNet, compile_regions
-from mgrad.networks.precision import SplitBFloat16Conv
+from mgrad.networks.precision import split_bfloat16_conv
 
 SMALL = {"features": (4, 8, 16), "rfb_channels": 4}
 
@@ -63,7 +63,7 @@ def test_split_products_and_fused_loss_compile_without_graph_break():
     loss = AggregatedLoss(default_segmentation_loss(squared_pred=True))
 
     def step(x, w, b):
-        y = SplitBFloat16Conv.apply(x, w, b, (1, 1), (1, 1), (1, 1), 1, torch.float32)
+        y = split_bfloat16_conv(x, w, b, (1, 1), (1, 1), (1, 1), 1, torch.float32)
         return loss(y.unflatten(1, (2, 3)).movedim(1, 0), target)  # 2 maps of 3 classes
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)  # a graph break fails

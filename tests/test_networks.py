@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mgrad.losses import MGRADLoss
 from mgrad.networks import MGRADOutput, MGRADUNet
-from mgrad.networks.precision import SplitBFloat16Conv
+from mgrad.networks.precision import split_bfloat16_conv
 
 SMALL = {"features": (8, 16, 32), "rfb_channels": 8}
 
@@ -280,7 +280,7 @@ def test_split_bfloat16_convolution_under_tf32(monkeypatch):
 
     assert error(tf32_conv2d(x, w, b, 1, 1)) > 1e-4
     monkeypatch.setattr(F, "conv2d", tf32_conv2d)
-    assert error(SplitBFloat16Conv.apply(x, w, b, (1, 1), (1, 1), (1, 1), 1, torch.float32)) < 1e-5
+    assert error(split_bfloat16_conv(x, w, b, (1, 1), (1, 1), (1, 1), 1, torch.float32)) < 1e-5
 
 
 def test_split_bfloat16_convolution():
@@ -289,13 +289,13 @@ def test_split_bfloat16_convolution():
     w = torch.randn(5, 4, 3, 3, generator=g, requires_grad=True)
     b = torch.randn(5, generator=g, requires_grad=True)
     exact = F.conv2d(x.double(), w.double(), b.double(), padding=1)
-    split = SplitBFloat16Conv.apply(x, w, b, (1, 1), (1, 1), (1, 1), 1, torch.float32)
+    split = split_bfloat16_conv(x, w, b, (1, 1), (1, 1), (1, 1), 1, torch.float32)
     assert split.dtype == torch.float32
     assert ((split - exact).norm() / exact.norm()).item() < 1e-4  # a bfloat16 product alone: about 4e-3
     grad = torch.randn(split.shape, generator=g)
     expected = torch.autograd.grad(F.conv2d(x, w, b, padding=1), (x, w, b), grad)
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-        split = SplitBFloat16Conv.apply(x, w, b, (1, 1), (1, 1), (1, 1), 1, dtype)
+        split = split_bfloat16_conv(x, w, b, (1, 1), (1, 1), (1, 1), 1, dtype)
         for got, want in zip(torch.autograd.grad(split, (x, w, b), grad), expected):
             assert got.dtype == torch.float32
             torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())

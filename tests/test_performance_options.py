@@ -2,14 +2,16 @@
 
 import copy
 import math
+from collections import Counter
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mgrad.engines import MGRADTrainer
 from mgrad.inferers import VolumeSliceInferer, cudnn_autotuning, fast_path_available
 from mgrad.losses import MGRADLoss
-from mgrad.networks import MGRADUNet
+from mgrad.networks import MGRADUNet, precision
 
 SMALL = {"features": (8, 16, 32), "rfb_channels": 8}
 
@@ -41,7 +43,7 @@ def two_passes(net: MGRADUNet, x: torch.Tensor, target: torch.Tensor) -> torch.T
     return loss + MGRADLoss()(out, target)
 
 
-@pytest.mark.parametrize("mode,name", [(True, "all"), ("all", "all"), ("rfb", "rfb")])
+@pytest.mark.parametrize("mode,name", [(True, "all"), ("all", "all"), ("rfb", "rfb"), ("selective", "selective")])
 def test_checkpointing_same_loss_gradients_and_batch_norm_statistics(mode, name):
     plain, ckpt = small_net(), small_net(checkpointing=mode)
     assert plain.checkpointing == "none" and ckpt.checkpointing == name
@@ -59,8 +61,9 @@ def test_checkpointing_same_loss_gradients_and_batch_norm_statistics(mode, name)
     assert int(ckpt.encoder[0].conv1.adn.N.num_batches_tracked) == 2
 
 
-def test_checkpointing_under_bf16_autocast():
-    plain, ckpt = small_net(), small_net(checkpointing=True)
+@pytest.mark.parametrize("checkpointing", [True, "selective"])
+def test_checkpointing_under_bf16_autocast(checkpointing):
+    plain, ckpt = small_net(), small_net(checkpointing=checkpointing)
     batch = squares(1)[0]
     losses = []
     for net in (plain, ckpt):
@@ -72,6 +75,85 @@ def test_checkpointing_under_bf16_autocast():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-3, atol=1e-3)
     for p, q in zip(plain.parameters(), ckpt.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=0.05, atol=1e-3)
+
+
+class CountOperators(TorchDispatchMode):
+    """Counts the operators that run (not those selective checkpointing answers from its cache), by name, with
+    the kernel size of the convolutions, ``("convolution", (3, 3))``, ``("split_bfloat16_product", (1, 1))``, and
+    the operands' dtype of their backward passes, ``("convolution_backward", torch.bfloat16)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in ("convolution", "split_bfloat16_product"):
+            self.counts[(name, tuple(args[1].shape[2:]))] += 1  # args[1]: the weight
+        elif name == "convolution_backward":
+            self.counts[(name, args[1].dtype)] += 1  # args[1]: the input
+        else:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def convolutions_by_kernel(net: MGRADUNet, parts) -> Counter:
+    """How many convolutions of each kernel size ``parts`` of ``net`` hold."""
+    return Counter(m.kernel_size for part in parts for m in part.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_what_the_backward_pass_recomputes():
+    """``"all"`` recomputes every convolution of the checkpointed blocks (all but the side heads, less the last of
+    a block, whose output its backward pass does not need); ``"selective"`` keeps the outputs of those with a spatial
+    kernel and recomputes the same 1x1 ones, and the batch norms of every block as ``"all"`` does."""
+    batch = squares(1)[0]
+    counts = {}
+    for checkpointing in ("all", "selective"):
+        net = small_net(checkpointing=checkpointing)
+        loss = MGRADLoss()(net(batch["image"]), batch["label"])
+        with CountOperators() as backward:
+            loss.backward()
+        counts[checkpointing] = backward.counts
+    blocks = convolutions_by_kernel(net, [*net.encoder, *net.rfbs, net.msd, net.grad])
+    spatial = [k for k in blocks if k != (1, 1)]
+    assert len(spatial) == 7  # 3x3, and 1xk and kx1 for k in (3, 5, 7)
+    for k in spatial:
+        assert counts["all"][("convolution", k)] == blocks[k]
+        assert counts["selective"][("convolution", k)] == 0
+    pointwise = ("convolution", (1, 1))
+    assert counts["selective"][pointwise] == counts["all"][pointwise] >= blocks[(1, 1)] - 2
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert counts["selective"]["native_batch_norm"] == counts["all"]["native_batch_norm"] == norms
+
+
+def test_selective_checkpointing_keeps_the_split_products(monkeypatch):
+    """Where training convolutions run as split-bfloat16 products (CUDA; here the CPU, under bfloat16 autocast),
+    selective checkpointing keeps their outputs as it keeps a convolution's, with the same gradients as without
+    checkpointing, and their backward convolutions compute in autocast's dtype."""
+    monkeypatch.setattr(precision, "SPLIT_PRODUCT_DEVICES", {"cpu", "cuda"})
+    batch = squares(1)[0]
+    grads, counts = [], []
+    for checkpointing in ("none", "selective"):
+        net = small_net(checkpointing=checkpointing)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(batch["image"])
+            second = net(batch["image"], net.feedback_from(out))  # a pass with feedback: split products
+            loss = MGRADLoss()(second, batch["label"])
+        with CountOperators() as backward:
+            loss.backward()
+        grads.append([p.grad for p in net.parameters()])
+        counts.append(backward.counts)
+    blocks = convolutions_by_kernel(net, [*net.encoder, *net.rfbs, net.msd, net.grad])
+    plain, selective = counts
+    recomputed = {k: selective[("split_bfloat16_product", k)] for k in blocks}
+    assert sum(plain[("split_bfloat16_product", k)] for k in blocks) == 0
+    assert recomputed[(1, 1)] >= blocks[(1, 1)] - 2
+    assert all(recomputed[k] == 0 for k in blocks if k != (1, 1))
+    for counted in counts:  # every convolution's backward pass in bfloat16
+        assert counted[("convolution_backward", torch.bfloat16)] == sum(blocks.values()) + len(net.side_heads.heads)
+        assert counted[("convolution_backward", torch.float32)] == 0
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_checkpointing_modes():
@@ -110,16 +192,17 @@ def make_trainer(net: MGRADUNet, data: list, **kwargs) -> MGRADTrainer:
 def test_trainer_with_checkpointing_matches_plain(amp):
     data = squares(2)
     results = []
-    for checkpointing in (False, True):
+    for checkpointing in (False, True, "selective"):
         net = small_net(checkpointing=checkpointing)
         trainer = make_trainer(net, data, amp=amp)
         trainer.run()
         results.append((trainer.state.pass_losses, net.state_dict()))
-    (losses, state), (ckpt_losses, ckpt_state) = results
+    (losses, state), *checkpointed = results
     tol = 5e-3 if amp else 1e-5
-    torch.testing.assert_close(ckpt_losses, losses, rtol=tol, atol=tol)
-    for name in state:
-        torch.testing.assert_close(ckpt_state[name].float(), state[name].float(), rtol=tol, atol=tol, msg=name)
+    for ckpt_losses, ckpt_state in checkpointed:
+        torch.testing.assert_close(ckpt_losses, losses, rtol=tol, atol=tol)
+        for name in state:
+            torch.testing.assert_close(ckpt_state[name].float(), state[name].float(), rtol=tol, atol=tol, msg=name)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ logits is mostly rounding noise. :func:`use_feedback_precision` turns the convol
 :class:`FeedbackPrecisionConv1d`/``2d``/``3d``, which in train mode, where low precision is in force, compute in
 float32 instead:
 
-- on CUDA as *split bfloat16* products (:class:`SplitBFloat16Conv`): three float32 convolutions of the bfloat16
+- on CUDA as *split bfloat16* products (:func:`split_bfloat16_conv`): three float32 convolutions of the bfloat16
   parts and float32 remainders of the operands, whose products TF32 tensor cores compute exactly, for about 16 bits
   of mantissa (three TF32 convolutions cost less than one full float32 convolution). The backward pass runs in the
   autocast precision (one convolution backward, as without this module);
@@ -24,7 +24,7 @@ relative error of that change, not a loss of it. There the convolutions keep the
 network's feedback 1.8-2.2% off at initialisation) and compute in float32 under bfloat16 autocast (8 bits: 15% off).
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -39,21 +39,18 @@ __all__ = [
     "float32_needed",
     "in_feedback_free_pass",
     "low_precision_in_force",
+    "split_bfloat16_conv",
     "use_feedback_precision",
 ]
 
 
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is enabled for ``device_type`` ("cpu", "cuda", ...)."""
-    if not hasattr(torch.amp, "is_autocast_available"):  # torch < 2.4: one flag each for CPU and CUDA
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def autocast_dtype(device_type: str) -> torch.dtype:
     """The dtype autocast computes in on ``device_type``."""
-    if not hasattr(torch, "get_autocast_dtype"):  # torch < 2.4
-        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
     return torch.get_autocast_dtype(device_type)
 
 
@@ -112,53 +109,120 @@ def split_bfloat16(x: Tensor) -> tuple[Tensor, Tensor]:
     return hi, x - hi
 
 
-class SplitBFloat16Conv(torch.autograd.Function):
+def split_bfloat16_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    grad_dtype: torch.dtype,
+) -> Tensor:
     """``conv(x, weight) + bias`` in float32 from bfloat16 parts and remainders (forward); backward in ``grad_dtype``.
 
     With ``x = x_hi + x_lo`` and ``weight = w_hi + w_lo`` (:func:`split_bfloat16`) the forward is
     ``conv(x_hi, w_hi) + conv(x_lo, w_hi) + conv(x_hi, w_lo)``: three float32 convolutions. TF32 represents the
     bfloat16 parts exactly and rounds the low parts to its 11 bits (an error of 2**-19 of the operand, where rounding
     them to bfloat16 would cost 2**-16 and two more passes over the input), and float32 holds every product exactly;
-    the term left out, ``conv(x_lo, w_lo)``, is at most 2**-16 of the product.
-    """
+    the term left out, ``conv(x_lo, w_lo)``, is at most 2**-16 of the product. The backward pass is one convolution
+    backward of ``x`` and ``weight`` in ``grad_dtype``.
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, grad_dtype):
+    The parts are computed here, where ``torch.compile`` can fuse them with the work before them; the three
+    convolutions are one operator, ``torch.ops.mgrad.split_bfloat16_product``, so that selective activation
+    checkpointing keeps its output as it keeps a convolution's (``MGRADUNet(checkpointing="selective")``).
+
+    Args:
+        x: input ``(B, C_in, *spatial)``, any floating dtype.
+        weight: ``(C_out, C_in / groups, *kernel)``; ``bias``: ``(C_out,)`` or ``None``.
+        stride, padding, dilation, groups: as for ``F.conv2d`` (one entry per spatial dimension).
+        grad_dtype: the dtype of the backward convolution (autocast's, or float32).
+
+    Returns:
+        ``(B, C_out, *spatial_out)``, float32.
+
+    Example::
+
+        >>> y = split_bfloat16_conv(x, conv.weight, conv.bias, [1, 1], [1, 1], [1, 1], 1, torch.float16)
+    """
+    with torch.no_grad():
         x_hi, x_lo = split_bfloat16(x.float())
         w_hi, w_lo = split_bfloat16(weight.float())
-        conv = (F.conv1d, F.conv2d, F.conv3d)[x.dim() - 3]
-        args = (stride, padding, dilation, groups)
-        # the bias rides on the first convolution, the other two add in place: no further pass, no new tensor
-        y = conv(x_hi, w_hi, None if bias is None else bias.float(), *args)
-        y += conv(x_lo, w_hi, None, *args)
-        y += conv(x_hi, w_lo, None, *args)
-        ctx.save_for_backward(x.to(grad_dtype), weight)
-        ctx.conv_args = (stride, padding, dilation, groups, bias is not None)
-        return y
+    return split_bfloat16_product(
+        x, weight, bias, x_hi, x_lo, w_hi, w_lo, list(stride), list(padding), list(dilation), groups, grad_dtype
+    )
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias = ctx.conv_args
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
-        transposed, output_padding = False, [0] * len(stride)
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad.to(x.dtype),
-            x,
-            weight.to(x.dtype),
-            None,
-            stride,
-            padding,
-            dilation,
-            transposed,
-            output_padding,
-            groups,
-            mask,
-        )
-        grad_b = grad.sum([0, *range(2, grad.dim())]) if has_bias and ctx.needs_input_grad[2] else None
-        grad_x = None if grad_x is None else grad_x.float()
-        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+def _convolution(x: Tensor) -> Callable[..., Tensor]:
+    return (F.conv1d, F.conv2d, F.conv3d)[x.dim() - 3]
+
+
+@torch.library.custom_op("mgrad::split_bfloat16_product", mutates_args=())
+def split_bfloat16_product(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    x_hi: Tensor,
+    x_lo: Tensor,
+    w_hi: Tensor,
+    w_lo: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    grad_dtype: torch.dtype,
+) -> Tensor:
+    """The three convolutions of :func:`split_bfloat16_conv`, given the parts; ``x`` and ``weight`` for the
+    backward pass, which gives gradients to them (and ``bias``) only."""
+    conv, args = _convolution(x_hi), (stride, padding, dilation, groups)
+    # the bias rides on the first convolution, the other two add in place: no further pass, no new tensor
+    y = conv(x_hi, w_hi, None if bias is None else bias.float(), *args)
+    y += conv(x_lo, w_hi, None, *args)
+    y += conv(x_hi, w_lo, None, *args)
+    return y
+
+
+@split_bfloat16_product.register_fake
+def _(x, weight, bias, x_hi, x_lo, w_hi, w_lo, stride, padding, dilation, groups, grad_dtype):
+    return _convolution(x_hi)(x_hi, w_hi, None if bias is None else bias.float(), stride, padding, dilation, groups)
+
+
+def _save_for_backward(ctx, inputs, output) -> None:
+    x, weight, bias, *_, stride, padding, dilation, groups, grad_dtype = inputs
+    ctx.save_for_backward(x.to(grad_dtype), weight)
+    ctx.conv_args = (stride, padding, dilation, groups, bias is not None)
+
+
+def _backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    x, weight = ctx.saved_tensors
+    stride, padding, dilation, groups, has_bias = ctx.conv_args
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+    transposed, output_padding = False, [0] * len(stride)
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad.to(x.dtype),
+        x,
+        weight.to(x.dtype),
+        None,
+        stride,
+        padding,
+        dilation,
+        transposed,
+        output_padding,
+        groups,
+        mask,
+    )
+    grad_b = grad.sum([0, *range(2, grad.dim())]) if has_bias and ctx.needs_input_grad[2] else None
+    grad_x = None if grad_x is None else grad_x.float()
+    grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+    return (grad_x, grad_w, grad_b, *[None] * 9)
+
+
+split_bfloat16_product.register_autograd(_backward, setup_context=_save_for_backward)
+
+
+SPLIT_PRODUCT_DEVICES = {"cuda"}
+"""The device types whose float32 training convolutions run as split-bfloat16 products (:func:`split_bfloat16_conv`):
+where TF32 tensor cores make three of them cheaper than one float32 convolution."""
 
 
 class FeedbackPrecisionMixin:
@@ -173,11 +237,12 @@ class FeedbackPrecisionMixin:
     @torch.jit.unused
     def float32_forward(self, input: Tensor) -> Tensor:
         device_type = input.device.type
+        # the backward pass computes in autocast's dtype: read before autocast is disabled for the forward
+        grad_dtype = autocast_dtype(device_type) if autocast_enabled(device_type) else torch.float32
         with torch.autocast(device_type, enabled=False):
-            if device_type != "cuda":
+            if device_type not in SPLIT_PRODUCT_DEVICES:
                 return self._conv_forward(input.float(), self.weight.float(), self.bias)
-            grad_dtype = autocast_dtype("cuda") if autocast_enabled("cuda") else torch.float32
-            return SplitBFloat16Conv.apply(
+            return split_bfloat16_conv(
                 input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, grad_dtype
             )
 
