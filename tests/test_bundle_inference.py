@@ -32,8 +32,9 @@ def test_predictions_keep_each_volumes_geometry(trained_bundle, phantom_dir, tmp
     for image_path in images:
         nib.save(nib.as_closest_canonical(nib.load(image_path)), canonical / image_path.name)
     out, out_canonical = tmp_path / "preds", tmp_path / "preds_canonical"
-    for folder, predictions in ((phantom_dir / "imagesTr", out), (canonical, out_canonical)):
-        result = infer(trained_bundle, folder, predictions)
+    # the second run loads its volumes in two worker processes (as on CUDA), the first in the main process
+    for folder, predictions, workers in ((phantom_dir / "imagesTr", out, 0), (canonical, out_canonical, 2)):
+        result = infer(trained_bundle, folder, predictions, num_workers=workers)
         assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(out.glob("*_seg.nii.gz"))) == len(images) == 6
     assert not list(out.glob(".*")), "temporary files were left behind"
@@ -62,7 +63,7 @@ def test_bad_volumes_are_reported_and_the_others_processed(trained_bundle, phant
     three_channels = np.zeros((48, 48, 12, 3), np.float32)
     nib.save(nib.Nifti1Image(three_channels, np.eye(4)), inputs / "rgb.nii.gz")
     out = tmp_path / "preds"
-    result = infer(trained_bundle, inputs, out)
+    result = infer(trained_bundle, inputs, out, num_workers=2)  # failures reported from the loader's workers too
     assert result.returncode == 1
     message = result.stdout + result.stderr
     assert "2 of 4 cases failed" in message
