@@ -100,6 +100,28 @@ def test_training_lowers_the_loss_with_handlers():
     assert sum(losses[-4:]) < 0.7 * sum(losses[:4])
 
 
+@pytest.mark.parametrize("decollate", [True, False])
+def test_history_records_each_epochs_mean_loss(tmp_path, decollate):
+    """TrainingHistory keeps the iterations' losses where they were computed (a tensor without decollation, a number
+    with it) and writes each epoch's mean."""
+    import json
+
+    from mgrad.handlers import TrainingHistory
+
+    trainer = make_trainer(RecordingNet(), toy_batches(3), max_epochs=2, decollate=decollate)
+    TrainingHistory(str(tmp_path)).attach(trainer)
+    losses = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: losses.append(float((e.state.output[0] if decollate else e.state.output)["loss"])),
+    )
+    trainer.run()
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["epoch"] == [1, 2] and history["iteration"] == [3, 6]
+    assert history["loss"] == pytest.approx([sum(losses[:3]) / 3, sum(losses[3:]) / 3], rel=1e-12)
+    assert (tmp_path / "curves.png").is_file()
+
+
 def test_bf16_autocast_and_channels_last_and_clipping():
     net = RecordingNet()
     trainer = make_trainer(net, toy_batches(1), amp=True, channels_last=True, grad_clip_norm=0.5)

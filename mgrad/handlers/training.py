@@ -6,6 +6,7 @@ import time
 from typing import Optional
 
 import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 
 from mgrad.writers import write_json
@@ -104,7 +105,9 @@ class TrainingHistory:
     def _record_loss(self, engine: Engine) -> None:
         output = engine.state.output
         loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
-        self._losses.append(float(loss))
+        # kept where it was computed until the epoch's mean is taken: reading it now would make the host wait for
+        # the device at the end of every iteration, instead of queueing the next one
+        self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
 
     def _validated_metric(self, engine: Engine) -> Optional[float]:
         if self.validator is None or self.validator.state.epoch != engine.state.epoch:
@@ -115,7 +118,8 @@ class TrainingHistory:
     def _append(self, engine: Engine) -> None:
         self.history["epoch"].append(engine.state.epoch)
         self.history["iteration"].append(engine.state.iteration)
-        self.history["loss"].append(sum(self._losses) / len(self._losses) if self._losses else None)
+        mean = torch.stack(self._losses).double().mean().item() if self._losses else None
+        self.history["loss"].append(mean)
         self.history[self.metric_name].append(self._validated_metric(engine))
         self._losses = []
         self._write()
