@@ -78,9 +78,9 @@ class MGRADUNet(nn.Module):
             spatial kernel is kept (selective activation checkpointing), so the backward pass recomputes only the
             cheap work between them: batch norms, activations, 1x1 convolutions, interpolation, sums and
             differences (in a float32 training step on a CPU: 0.57 of the memory of none at 0.86x its speed, where
-            ``"all"`` kept 0.44 at 0.75x). Batch-norm
-            running statistics are restored after each recomputation, so they are updated once per forward pass,
-            exactly as without checkpointing. No effect in eval mode, without gradients or in TorchScript.
+            ``"all"`` kept 0.44 at 0.75x). Batch-norm running statistics are restored after each recomputation, so
+            they are updated once per forward pass, exactly as without checkpointing. No effect in eval mode,
+            without gradients or in TorchScript.
         feedback_precision: what computes in float32 in train mode where low precision is in force (autocast
             on the input's device, or float32 on CUDA with TF32 convolutions allowed). The feedback changes the
             logits by about 0.5% (``feedback_scale`` 1e-3), at the resolution of float16, bfloat16 and TF32, and the

@@ -183,7 +183,8 @@ def split_bfloat16_product(
 
 
 @split_bfloat16_product.register_fake
-def _(x, weight, bias, x_hi, x_lo, w_hi, w_lo, stride, padding, dilation, groups, grad_dtype):
+def _split_bfloat16_product_shape(x, weight, bias, x_hi, x_lo, w_hi, w_lo, stride, padding, dilation, groups, _):
+    """The output's shape, dtype and layout, for ``torch.compile`` and other tracing (fake tensors)."""
     return _convolution(x_hi)(x_hi, w_hi, None if bias is None else bias.float(), stride, padding, dilation, groups)
 
 
