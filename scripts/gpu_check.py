@@ -16,8 +16,8 @@ rewritten after every part like the report: what a machine that returns only a f
 Parts, in the order they run (the issue's targets first, then the checks of the feedback's precision, then the profile,
 so a slow machine loses the least of them): ``train_step`` (benchmarks/bench_train_step.py: plain float32 against the
 bundle's CUDA settings, ``cl+fused``, with float16 autocast, with every block checkpointed for memory (about 0.4 of a
-float32 pass's activation memory), and with selective checkpointing (the spatial convolutions' outputs kept: about half
-of it, with less recomputed); the inexact modes' speed is in ``feedback``), ``compile`` (the bundle's settings and
+float32 pass's activation memory), and with selective checkpointing (the 3x3 convolutions' outputs kept: about half of
+it, with less recomputed); the inexact modes' speed is in ``feedback``), ``compile`` (the bundle's settings and
 float16 with regional compilation, each compiled configuration run twice: cold and from Inductor's cache), ``loss``
 (benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's ``DiceCELoss`` on each subset, batch 12, 9
 classes), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test

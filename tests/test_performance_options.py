@@ -104,8 +104,8 @@ def convolutions_by_kernel(net: MGRADUNet, parts) -> Counter:
 
 def test_what_the_backward_pass_recomputes():
     """``"all"`` recomputes every convolution of the checkpointed blocks (all but the side heads, less the last of
-    a block, whose output its backward pass does not need); ``"selective"`` keeps the outputs of those with a spatial
-    kernel and recomputes the same 1x1 ones, and the batch norms of every block as ``"all"`` does."""
+    a block, whose output its backward pass does not need); ``"selective"`` keeps the outputs of the 3x3 ones and
+    recomputes the same 1x1, 1xk and kx1 ones, and the batch norms of every block as ``"all"`` does."""
     batch = squares(1)[0]
     counts = {}
     for checkpointing in ("all", "selective"):
@@ -115,13 +115,12 @@ def test_what_the_backward_pass_recomputes():
             loss.backward()
         counts[checkpointing] = backward.counts
     blocks = convolutions_by_kernel(net, [*net.encoder, *net.rfbs, net.msd, net.grad])
-    spatial = [k for k in blocks if k != (1, 1)]
-    assert len(spatial) == 7  # 3x3, and 1xk and kx1 for k in (3, 5, 7)
-    for k in spatial:
-        assert counts["all"][("convolution", k)] == blocks[k]
-        assert counts["selective"][("convolution", k)] == 0
-    pointwise = ("convolution", (1, 1))
-    assert counts["selective"][pointwise] == counts["all"][pointwise] >= blocks[(1, 1)] - 2
+    assert sorted(blocks) == [(1, 1), (1, 3), (1, 5), (1, 7), (3, 1), (3, 3), (5, 1), (7, 1)]
+    for k in blocks:
+        kept = k == (3, 3)
+        assert counts["selective"][("convolution", k)] == (0 if kept else counts["all"][("convolution", k)])
+        assert counts["all"][("convolution", k)] >= blocks[k] - (2 if k == (1, 1) else 0)
+    assert counts["all"][("convolution", (3, 3))] == blocks[(3, 3)]
     norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     assert counts["selective"]["native_batch_norm"] == counts["all"]["native_batch_norm"] == norms
 
@@ -147,8 +146,8 @@ def test_selective_checkpointing_keeps_the_split_products(monkeypatch):
     plain, selective = counts
     recomputed = {k: selective[("split_bfloat16_product", k)] for k in blocks}
     assert sum(plain[("split_bfloat16_product", k)] for k in blocks) == 0
-    assert recomputed[(1, 1)] >= blocks[(1, 1)] - 2
-    assert all(recomputed[k] == 0 for k in blocks if k != (1, 1))
+    assert recomputed[(3, 3)] == 0
+    assert all(recomputed[k] >= blocks[k] - (2 if k == (1, 1) else 0) for k in blocks if k != (3, 3))
     for counted in counts:  # every convolution's backward pass in bfloat16
         assert counted[("convolution_backward", torch.bfloat16)] == sum(blocks.values()) + len(net.side_heads.heads)
         assert counted[("convolution_backward", torch.float32)] == 0
