@@ -15,7 +15,7 @@ Configurations (combine with "+"): ``plain`` fp32; ``amp`` bfloat16 autocast on 
 CUDA), ``MGRADTrainer(amp=True)``; ``cl`` channels-last memory format (``channels_last=True``); ``ckpt``
 activation checkpointing of every encoder stage, RFB and decoder (``MGRADUNet(checkpointing="all")``); ``rfbckpt``
 of the receptive field blocks only (``MGRADUNet(checkpointing="rfb")``); ``selckpt`` selective checkpointing of
-the blocks of ``ckpt``, the outputs of their spatial convolutions kept (``MGRADUNet(checkpointing="selective")``);
+the blocks of ``ckpt``, the outputs of their 3x3 convolutions kept (``MGRADUNet(checkpointing="selective")``);
 ``fbsplit``/``fbautocast``:
 ``MGRADUNet(feedback_precision="split"/"autocast")`` in place of the default ``"full"`` (which part computes in float32
 under ``amp``; see ``bench_feedback_precision.py``); ``bf16`` bfloat16 autocast on CUDA too (no gradient scaler);

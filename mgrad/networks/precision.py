@@ -49,11 +49,6 @@ def autocast_enabled(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
-def autocast_dtype(device_type: str) -> torch.dtype:
-    """The dtype autocast computes in on ``device_type``."""
-    return torch.get_autocast_dtype(device_type)
-
-
 def low_precision_in_force(x: Tensor) -> bool:
     """True where a convolution of ``x`` would round its operands below float32: autocast enabled on ``x``'s device,
     or a float32 CUDA tensor with TF32 convolutions allowed (``torch.backends.cudnn.allow_tf32``, on by default)."""
@@ -98,7 +93,7 @@ def float32_needed(x: Tensor) -> bool:
     if not low_precision_in_force(x):
         return False
     device_type = x.device.type
-    if autocast_enabled(device_type) and autocast_dtype(device_type) == torch.bfloat16:
+    if autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16:
         return True
     return not _Pass.feedback_free  # read last: a compiled region is specialised on it only where it matters
 
@@ -239,7 +234,7 @@ class FeedbackPrecisionMixin:
     def float32_forward(self, input: Tensor) -> Tensor:
         device_type = input.device.type
         # the backward pass computes in autocast's dtype: read before autocast is disabled for the forward
-        grad_dtype = autocast_dtype(device_type) if autocast_enabled(device_type) else torch.float32
+        grad_dtype = torch.get_autocast_dtype(device_type) if autocast_enabled(device_type) else torch.float32
         with torch.autocast(device_type, enabled=False):
             if device_type not in SPLIT_PRODUCT_DEVICES:
                 return self._conv_forward(input.float(), self.weight.float(), self.bias)
