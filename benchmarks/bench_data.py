@@ -14,6 +14,7 @@ import torch
 from monai.data import CacheDataset
 
 from mgrad.data import dataset_info, get_datalist
+from mgrad.hardware import machine_summary
 from mgrad.transforms import train_transforms, volume_transforms
 
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print(machine_summary("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         items = get_datalist("synthetic", tmp, "training")
         chain = volume_transforms("ct", args.size, num_classes=dataset_info("synthetic")["num_classes"])

@@ -2,8 +2,9 @@
 
     python benchmarks/bench_metrics.py [--shape 512 512 150]
 
-Each method runs in its own fresh process; "peak MiB" is that process's peak resident memory during the metric
-computation above its resident memory just before (inputs loaded; Linux /proc, else the lifetime peak).
+Each method runs in its own fresh process; "peak MiB" is what the metric computation added at its peak: on CPU the
+process's resident memory above that just before (inputs loaded; Linux /proc, else the lifetime peak), on CUDA the
+GPU memory allocated above the inputs.
 medpy takes several minutes on the full size (four full-volume distance transforms per class).
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import in_fresh_process, memory_kib, start_memory  # noqa: E402
+from common import PeakMemory, in_fresh_process, machine_summary  # noqa: E402
 
 SPACING = (0.78, 0.78, 2.5)  # mm, typical abdominal CT (Synapse)
 # Synapse class: (centre, semi-axes) in voxels of a 512x512x150 grid, painted in this order (later ones on top)
@@ -58,31 +59,34 @@ def organ_volume(shape: tuple[int, int, int], seed: int, jitter: float = 0.0, bl
     return out
 
 
-def run_mgrad(pred_path: str, label_path: str, device: str = "cpu") -> tuple[float, float, dict, int]:
+def run_mgrad(pred_path: str, label_path: str, device: str = "cpu") -> tuple[float, float, dict, float]:
     import torch
 
     from mgrad import metrics
+    from mgrad.metrics import surface
 
     pred, label = np.load(pred_path), np.load(label_path)
     if device == "cuda":
         pred, label = torch.as_tensor(pred).cuda(), torch.as_tensor(label).cuda()
         torch.cuda.synchronize()
-    base = start_memory()
+    memory = PeakMemory(torch.device(device), above_start=True)
     start = time.perf_counter()
     result = metrics.case_metrics(pred, label, 9, SPACING)  # Dice, IoU, HD95 and ASD in mm and in voxels
     seconds = time.perf_counter() - start
     start = time.perf_counter()
-    metrics._confusion(pred, label, 9)  # Dice of all classes (and IoU) from one confusion matrix
+    surface.confusion(pred, label, 9)  # Dice of all classes (and IoU) from one confusion matrix
     dice_seconds = time.perf_counter() - start
     values = {(c, m): r[m] for c, r in result.items() for m in ("dice", *METRICS)}
-    return seconds, dice_seconds, values, memory_kib("VmHWM") - base
+    return seconds, dice_seconds, values, memory.mib()
 
 
-def run_medpy(pred_path: str, label_path: str) -> tuple[float, float, dict, int]:
+def run_medpy(pred_path: str, label_path: str) -> tuple[float, float, dict, float]:
+    import torch
+
     from medpy.metric import binary
 
     pred, label = np.load(pred_path), np.load(label_path)
-    base = start_memory()
+    memory = PeakMemory(torch.device("cpu"))
     values, seconds, dice_seconds = {}, 0.0, 0.0
     for c in range(1, 9):
         p, g = pred == c, label == c
@@ -93,7 +97,7 @@ def run_medpy(pred_path: str, label_path: str) -> tuple[float, float, dict, int]
         start = time.perf_counter()
         values[c, "dice"] = binary.dc(p, g)
         dice_seconds += time.perf_counter() - start
-    return seconds, dice_seconds, values, memory_kib("VmHWM") - base
+    return seconds, dice_seconds, values, memory.mib()
 
 
 def main() -> None:
@@ -102,6 +106,7 @@ def main() -> None:
     shape = tuple(parser.parse_args().shape)
     import torch
 
+    print(machine_summary())
     start = time.perf_counter()
     label = organ_volume(shape, seed=0)
     pred = organ_volume(shape, seed=1, jitter=2.0, blobs=6)
@@ -120,12 +125,12 @@ def main() -> None:
     reference = runs["medpy"][2]
     print()
     print(f"{'method':<14}{'HD95+ASD s':>12}{'ratio':>8}{'Dice s':>9}{'ratio':>8}{'peak MiB':>10}{'max |diff|':>12}")
-    for name, (seconds, dice_seconds, values, peak_kib) in runs.items():
+    for name, (seconds, dice_seconds, values, peak_mib) in runs.items():
         diff = max(abs(values[key] - reference[key]) for key in reference)
         ratio, dice_ratio = runs["medpy"][0] / seconds, runs["medpy"][1] / dice_seconds
         print(
             f"{name:<14}{seconds:>12.2f}{ratio:>7.1f}x{dice_seconds:>9.3f}{dice_ratio:>7.1f}x"
-            f"{peak_kib / 1024:>10.0f}{diff:>12.1e}"
+            f"{peak_mib:>10.0f}{diff:>12.1e}"
         )
     print(
         "\nmgrad's time covers Dice, IoU, HD95 and ASD in mm and in voxels; medpy's HD95+ASD only hd95 and assd in mm."
