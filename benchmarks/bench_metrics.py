@@ -82,7 +82,6 @@ def run_mgrad(pred_path: str, label_path: str, device: str = "cpu") -> tuple[flo
 
 def run_medpy(pred_path: str, label_path: str) -> tuple[float, float, dict, float]:
     import torch
-
     from medpy.metric import binary
 
     pred, label = np.load(pred_path), np.load(label_path)
