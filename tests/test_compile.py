@@ -15,7 +15,7 @@ from mgrad.inferers import fold_batch_norms
 from mgrad.losses import AggregatedLoss, MGRADLoss
 from mgrad.losses.mgrad_loss import default_segmentation_loss
 from mgrad.networks import MGRADUNet, compile_regions
-from mgrad.networks.precision import split_bfloat16_conv
+from mgrad.networks.precision import FeedbackPrecisionConv2d, feedback_free_pass, split_bfloat16_conv
 
 SMALL = {"features": (4, 8, 16), "rfb_channels": 4}
 
@@ -52,6 +52,19 @@ def test_compiled_regions_train_as_eager(amp):
     # validation folds the batch norms of a copy, as with an eager network
     eager.eval(), compiled.eval()
     torch.testing.assert_close(fold_batch_norms(compiled)(x), eager(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_compiled_convolution_computes_each_pass_in_its_own_precision():
+    # compiled for the first pass (float16 kept), it must compile again for a pass with feedback (float32)
+    conv = FeedbackPrecisionConv2d(2, 3, 3, padding=1).train()
+    compiled = torch.compile(conv, backend="eager", fullgraph=True)
+    x = torch.rand(1, 2, 8, 8)
+    with torch.autocast("cpu", dtype=torch.float16):
+        dtypes = []
+        for feedback_free in (True, False, True):
+            with feedback_free_pass(feedback_free):
+                dtypes.append(compiled(x).dtype)
+    assert dtypes == [torch.float16, torch.float32, torch.float16]
 
 
 def test_split_products_and_fused_loss_compile_without_graph_break():

@@ -44,9 +44,18 @@ __all__ = [
 ]
 
 
+AUTOCAST_DEVICE_TYPES = frozenset(
+    t
+    for t in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla", "ipu", "maia", "privateuseone")
+    if torch.amp.is_autocast_available(t)
+)
+"""The device types autocast can be enabled on (not ``"meta"``), read once: ``torch.compile`` of torch < 2.13 does
+not trace ``torch.amp.is_autocast_available``, and each call of it in a compiled region broke the graph."""
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is enabled for ``device_type`` ("cpu", "cuda", ...)."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    return device_type in AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)
 
 
 def low_precision_in_force(x: Tensor) -> bool:
@@ -57,10 +66,10 @@ def low_precision_in_force(x: Tensor) -> bool:
     return x.is_cuda and x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
 
 
-class _Pass:
-    """Whether the forward pass running now carries no feedback (see :func:`feedback_free_pass`)."""
-
-    feedback_free = False
+_feedback_free = False
+"""Whether the forward pass running now carries no feedback (see :func:`feedback_free_pass`). A module global, not a
+class attribute: ``torch.compile`` guards a compiled region on a global it reads, where torch 2.11 did not guard on
+a class attribute and ran the passes with feedback with the code compiled for the first pass."""
 
 
 @contextmanager
@@ -74,16 +83,17 @@ def feedback_free_pass(active: bool = True) -> Iterator[None]:
         >>> with feedback_free_pass(feedback is None):
         ...     out = decoder(rfb_outputs)
     """
-    previous, _Pass.feedback_free = _Pass.feedback_free, active
+    global _feedback_free
+    previous, _feedback_free = _feedback_free, active
     try:
         yield
     finally:
-        _Pass.feedback_free = previous
+        _feedback_free = previous
 
 
 def in_feedback_free_pass() -> bool:
     """Whether the code runs inside :func:`feedback_free_pass` (``active=True``)."""
-    return _Pass.feedback_free
+    return _feedback_free
 
 
 def float32_needed(x: Tensor) -> bool:
@@ -95,7 +105,7 @@ def float32_needed(x: Tensor) -> bool:
     device_type = x.device.type
     if autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16:
         return True
-    return not _Pass.feedback_free  # read last: a compiled region is specialised on it only where it matters
+    return not _feedback_free  # read last: a compiled region is specialised on it only where it matters
 
 
 def split_bfloat16(x: Tensor) -> tuple[Tensor, Tensor]:
