@@ -114,3 +114,5 @@ def test_monai_label_overrides_reach_the_training_run(every_slice, tmp_path, pha
     assert len(dataset) == (2 * 12 if every_slice else 2)  # every slice of both volumes, or both volumes
     assert len(parser.get_parsed_content("validate#dataset")) == 1
     assert trainer.state.max_epochs == 1 and not parser.get_parsed_content("channels_last")
+    # decollating the training output reads its loss on the host: a CUDA synchronisation every iteration
+    assert parser.get_parsed_content("train#trainer#decollate") is False

@@ -6,6 +6,7 @@ from ignite.engine import Events
 from monai.handlers import StatsHandler, from_engine
 
 from mgrad.engines import MGRADTrainer, NonFiniteLossError, seed_training
+from mgrad.engines.trainer import _PendingLosses
 from mgrad.losses import MGRADLoss
 from mgrad.networks import MGRADUNet
 
@@ -185,6 +186,27 @@ def test_fused_optimizer_losses_checked_one_iteration_later_without_waiting():
         trainer.run()
     assert started == [1, 2, 3]  # raised inside iteration 3; iteration 4 never ran
     assert all(s["step"].item() == 6 for s in optimizer.state.values())  # 3 steps each in iterations 1 and 3
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="no CUDA device: the losses' copy to the host needs one"
+            ),
+        ),
+    ],
+)
+def test_losses_reach_the_host_without_blocking(device):
+    losses = torch.tensor([1.0, float("nan"), 3.0], device=device)
+    pending = _PendingLosses(losses, 1, 2)
+    values = pending.wait()
+    assert values.device.type == "cpu" and (device == "cpu" or values.is_pinned())
+    torch.testing.assert_close(values, losses.cpu(), equal_nan=True)
+    assert (pending.epoch, pending.iteration) == (1, 2)
 
 
 def test_rejects_bad_options():

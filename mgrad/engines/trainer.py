@@ -43,9 +43,10 @@ class MGRADTrainer(SupervisedTrainer):
 
     - with an optimizer that skips a step on the device (a fused one, e.g. ``torch.optim.AdamW(..., fused=True)``;
       recommended on CUDA) or with the float16 gradient scaler, every step with a non-finite loss is skipped on
-      the device, and each iteration's losses are checked at the end of the next one (or of the epoch), once their
-      computation has finished while the next iteration was queued: the host never waits for the device in the
-      step. The error names the iteration whose loss was not finite;
+      the device, and each iteration's losses, copied to the host without blocking, are checked at the end of the
+      next one (or of the epoch), once that one is queued: the host waits for the previous iteration at most,
+      never for the one it has just queued, so the device always has an iteration's work before it. The error
+      names the iteration whose loss was not finite;
     - otherwise on CPU (where reading a value costs no synchronisation) each pass's loss is checked before its step,
       which is then not applied;
     - otherwise on CUDA the losses are checked once at the end of the iteration: that iteration's steps are applied
@@ -93,7 +94,7 @@ class MGRADTrainer(SupervisedTrainer):
         self.grad_clip_norm = grad_clip_norm
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
-        self._unchecked: tuple[Tensor, int, int] | None = None  # (pass losses, epoch, iteration) not yet checked
+        self._unchecked: _PendingLosses | None = None  # an iteration's losses not yet checked
         # an epoch's last losses are checked when it ends (its skipped steps left the weights as they were)
         self.add_event_handler(Events.EPOCH_COMPLETED, MGRADTrainer._check_unchecked)
         self.add_event_handler(Events.COMPLETED, MGRADTrainer._check_unchecked)
@@ -148,9 +149,8 @@ class MGRADTrainer(SupervisedTrainer):
     def _check_unchecked(self) -> None:
         """Check the losses of the last iteration that :meth:`_iteration` left unchecked (see the class docstring)."""
         if self._unchecked is not None:
-            losses, epoch, iteration = self._unchecked
-            self._unchecked = None
-            self._check_finite(losses, 0, epoch, iteration)
+            pending, self._unchecked = self._unchecked, None
+            self._check_finite(pending.wait(), 0, pending.epoch, pending.iteration)
 
     def _check_finite(
         self, losses: Tensor, first_pass: int, epoch: int | None = None, iteration: int | None = None
@@ -215,8 +215,9 @@ class MGRADTrainer(SupervisedTrainer):
 
         pass_losses = torch.stack([loss.detach() for loss in losses])
         if engine._skips_on_device():  # this iteration's non-finite steps were skipped: check the previous one's
+            pending = _PendingLosses(pass_losses, engine.state.epoch, engine.state.iteration)
             engine._check_unchecked()
-            engine._unchecked = (pass_losses, engine.state.epoch, engine.state.iteration)
+            engine._unchecked = pending
         elif not check_each_pass:
             engine._check_finite(pass_losses, 0)
         engine.state.output[Keys.PRED] = type(output)(*_detach(output)) if isinstance(output, tuple) else output
@@ -224,6 +225,28 @@ class MGRADTrainer(SupervisedTrainer):
         engine.state.pass_losses = pass_losses
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+class _PendingLosses:
+    """An iteration's pass losses on their way to the host: on CUDA copied into pinned memory without blocking, with
+    an event marking their arrival, so that :meth:`wait` waits for that iteration's work only, not for the work
+    queued after it; elsewhere the losses themselves."""
+
+    def __init__(self, losses: Tensor, epoch: int, iteration: int) -> None:
+        self.epoch, self.iteration = epoch, iteration
+        self.losses, self.arrived = losses, None
+        if losses.is_cuda:
+            with torch.cuda.device(losses.device):
+                self.losses = torch.empty(losses.shape, dtype=losses.dtype, pin_memory=True)
+                self.losses.copy_(losses, non_blocking=True)
+                self.arrived = torch.cuda.Event()
+                self.arrived.record()
+
+    def wait(self) -> Tensor:
+        """The losses, on the host where they were on CUDA."""
+        if self.arrived is not None:
+            self.arrived.synchronize()
+        return self.losses
 
 
 @contextmanager
