@@ -6,14 +6,18 @@
 # installation: they share a budget of 510 s (--budget), and a part without time left is recorded as skipped. The
 # compiled parts run on their own: --parts compile (training, up to 7 minutes), --parts inference_compile (up to 6
 # minutes); --parts loss (the fused aggregated loss against the unfused one) takes about half a minute.
-#   bash scripts/gpu_check.sh OUT_DIR [WHEEL_DIR (.device/whl)] [more gpu_check.py options]
+#   bash scripts/gpu_check.sh OUT_DIR [WHEEL_DIR (.device/whl)] [gpu_check.py options: --parts, --budget, ...]
 # --archive FILE.tar.gz packs OUT_DIR (the report, every log, the profile) into one file as well.
 # The wheels and the packed ACDC data are made with ../shared/device/README.md's commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:?usage: bash scripts/gpu_check.sh OUT_DIR [WHEEL_DIR] [options]}"
-wheels="${2:-.device/whl}"
-shift $(($# >= 2 ? 2 : 1))
+shift
+wheels=.device/whl
+if [[ $# -gt 0 && "$1" != --* ]]; then  # a wheel folder given before the options
+    wheels="$1"
+    shift
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$wheels"/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

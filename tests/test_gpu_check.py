@@ -9,6 +9,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
 gpu_check = importlib.util.module_from_spec(SPEC)
@@ -61,3 +63,24 @@ def test_the_check_reports_every_part_it_skips(tmp_path):
     assert report["budget_seconds"] == 0
     assert {name: part["rc"] for name, part in report["parts"].items()} == {"train_step": "skipped", "loss": "skipped"}
     assert "CPU" in report["machine"]
+
+
+@pytest.mark.parametrize("wheels", [None, "wheels"])
+def test_the_shell_entry_takes_options_with_or_without_a_wheel_folder(tmp_path, wheels):
+    """``gpu_check.sh OUT [WHEEL_DIR] [options]``: the options reach gpu_check.py whether a wheel folder is given or
+    not (a stand-in ``python3`` records each call)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    shim = bin_dir / "python3"
+    shim.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    shim.chmod(0o755)
+    command = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")]
+    command += ([] if wheels is None else [wheels]) + ["--parts", "compile", "--budget", "60"]
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    pip, check = calls.read_text().splitlines()
+    installed = pip.split()[pip.split().index("/tmp/site") + 1 :]  # the wheels (or the pattern, where none)
+    assert pip.startswith("-m pip install") and installed
+    assert all(path.startswith(f"{wheels or '.device/whl'}/") for path in installed)
+    assert check == f"scripts/gpu_check.py --out {tmp_path / 'out'} --parts compile --budget 60"
