@@ -1,6 +1,7 @@
 """Every config the bundle ships parses and passes MONAI's property checks; the chains match mgrad.transforms."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,18 @@ def test_monai_label_overrides_reach_the_training_run(every_slice, tmp_path, pha
     assert trainer.state.max_epochs == 1 and not parser.get_parsed_content("channels_last")
     # decollating the training output reads its loss on the host: a CUDA synchronisation every iteration
     assert parser.get_parsed_content("train#trainer#decollate") is False
+
+
+def test_the_baseline_trains_and_evaluates_in_folders_of_its_own(tmp_path):
+    """``--configs baseline_basicunet`` in the same bundle neither resumes nor overwrites MGRAD-UNet's run."""
+    folders = {}
+    for names in (("train",), ("train", "baseline_basicunet"), ("inference", "evaluate", "baseline_basicunet")):
+        parser = ConfigParser()
+        parser.read_config(config_files(REPO / "bundle", *names))
+        parser["bundle_root"] = str(tmp_path)
+        keys = ("ckpt_dir", "log_dir") if names[0] == "train" else ("ckpt_path", "output_dir")
+        folders[names] = [Path(parser.get_parsed_content(key)) for key in keys]
+    mgrad_unet, baseline, evaluation = folders.values()
+    assert mgrad_unet == [tmp_path / "models", tmp_path / "logs"]
+    assert baseline == [tmp_path / "models" / "basicunet", tmp_path / "logs" / "basicunet"]
+    assert evaluation == [tmp_path / "models" / "basicunet" / "model.pt", tmp_path / "eval" / "basicunet"]

@@ -149,6 +149,15 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, phantom_dir):
     assert f"Not resuming from {checkpoint}" in result.stdout + result.stderr
     assert epoch_of(checkpoint) == saved_epoch + 1
 
+    # another network's run into the same folder stops before it writes anything: the checkpoint is not its own
+    saved = checkpoint.read_bytes()
+    baseline = ["-m", "monai.bundle", "run", "--config_file", config_arg(root, "train", "baseline_basicunet")]
+    result = run_cli([*baseline, *cli_args({**overrides, "model_dir": str(checkpoint.parent)})])
+    assert result.returncode != 0
+    assert f"checkpoint {checkpoint} does not fit the network" in result.stderr
+    assert "another run, which this one would overwrite" in result.stderr
+    assert checkpoint.read_bytes() == saved
+
 
 def test_torchrun_two_processes_on_cpu(tmp_path, phantom_dir):
     root = copy_bundle(tmp_path / "bundle")

@@ -122,6 +122,15 @@ class ResumeCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         saved = torch.load(self.load_path, map_location="cpu", weights_only=False)
+        for key, obj in self.load_dict.items():
+            if isinstance(obj, torch.nn.Module):  # another network's run: neither resumed nor overwritten
+                try:
+                    _check_fits(self.load_path, obj, saved.get(key, {}))
+                except ValueError as e:
+                    raise ValueError(
+                        f"{e} It belongs to another run, which this one would overwrite: train into another "
+                        "bundle_root or ckpt_dir, or move its folder away."
+                    ) from None
         # a checkpoint at or past this run's max_epochs belongs to a finished run (e.g. MONAI Label's previous
         # training request): resuming it would train nothing, or fail in CheckpointLoader, so start afresh
         if self.engine_key is not None:
