@@ -1,5 +1,7 @@
 """The command line: help anywhere on the line runs nothing; an option nothing reads is an error naming the closest."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,11 @@ def test_reproduce_options_go_to_the_runs_that_read_them(bundle):
         {"optimizer_name": "sgd", "preset": "paper", "seed": 1},
         {"fast": False, "preset": "paper", "seed": 1},  # the seed of the patient split of --folds too
     ]
+
+
+def test_the_installed_mgrad_command_runs_the_cli():
+    command = Path(sys.executable).with_name("mgrad")  # the console script beside the environment's python
+    assert command.is_file(), "the package is installed without its mgrad command"
+    result = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(name in result.stdout for name in COMMANDS)

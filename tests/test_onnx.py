@@ -56,8 +56,10 @@ def onnx_bundle(trained_bundle, tmp_path_factory):
     configs = json.dumps([str(root / "configs/common.json"), str(root / "configs/inference.json")])
     args += ["--meta_file", str(root / "configs/metadata.json"), "--config_file", configs]
     args += ["--input_shape", "[2, 1, 48, 48]", "--converter_kwargs", repr(CONVERTER_KWARGS)]  # a Python literal
+    args += ["--use_trace", "True"]  # without it MONAI drops the converter's "dynamo" and torch's default exports
     result = run_cli(args + cli_args({"bundle_root": str(root), "size": TINY}))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.export" not in result.stdout + result.stderr  # the TorchScript-based exporter ran
     return path
 
 

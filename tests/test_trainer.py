@@ -77,6 +77,7 @@ def test_passes_feedback_and_steps(step_per_pass, steps):
     assert CountingOptimizer.steps == steps
     pass_losses, out = trainer.state.pass_losses, trainer.state.output[0]  # decollated, as SupervisedTrainer's
     assert pass_losses.shape == (3,) and out["loss"] == pytest.approx(pass_losses.mean().item())
+    assert isinstance(out["loss"], torch.Tensor)  # not read on the host (on CUDA: a synchronisation)
     assert out["pred"][0].shape == (2, 16, 16) and not out["pred"][0].requires_grad
 
 

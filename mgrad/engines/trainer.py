@@ -9,6 +9,7 @@ import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.transforms import Decollated
 from monai.utils import CommonKeys as Keys
 from torch import Tensor, nn
 
@@ -98,6 +99,21 @@ class MGRADTrainer(SupervisedTrainer):
         # an epoch's last losses are checked when it ends (its skipped steps left the weights as they were)
         self.add_event_handler(Events.EPOCH_COMPLETED, MGRADTrainer._check_unchecked)
         self.add_event_handler(Events.COMPLETED, MGRADTrainer._check_unchecked)
+
+    def _register_decollate(self) -> None:
+        """MONAI's decollation of each iteration's batch and output, but with ``detach=False``: MONAI's
+        ``detach=True`` turns every 0-d tensor into a Python number, so reading the loss (``.item()``) waited for the
+        device every iteration. The items' ``loss`` stays a 0-d tensor on the device (handlers read it as MONAI's
+        float: ``from_engine(["loss"], first=True)``); nothing in the output requires grad (the prediction and the
+        losses are detached), so nothing else changes."""
+
+        @self.on(IterationEvents.MODEL_COMPLETED)
+        def _decollate_data(engine: "MGRADTrainer") -> None:
+            transform = Decollated(keys=None, detach=False)
+            if isinstance(engine.state.batch, (list, dict)):
+                engine.state.batch = transform(engine.state.batch)
+            if isinstance(engine.state.output, (list, dict)):
+                engine.state.output = transform(engine.state.output)
 
     def run(self) -> None:
         """``SupervisedTrainer.run``; with ``amp`` on CPU without MONAI's warnings about its unused CUDA scaler."""
