@@ -3,7 +3,8 @@
 Both return arrays with the slice axis last, as NIfTI loads: a 2D slice ``(H, W)`` becomes ``(H, W, 1)`` and a
 volume stored ``(Z, H, W)`` becomes ``(H, W, Z)``. These files carry no geometry, so the affine is the identity.
 Each reader reads one named array (``key``), so use one reader per dict key, e.g.
-``LoadImaged("label", reader=image_readers("label"))``: MONAI's loader picks the reader by suffix.
+``LoadImaged("label", reader=image_readers("label"))``: MONAI's loader tries the readers it is given in turn, then
+its own (so a NIfTI file logs, at INFO level, that these readers could not load it).
 """
 
 from collections.abc import Sequence
@@ -88,7 +89,7 @@ class NpzReader(_ArrayFileReader):
 def image_readers(key: str = "image") -> list[ImageReader]:
     """mgrad's readers to register with MONAI's ``LoadImage``/``LoadImaged(reader=...)`` for the dict key ``key``:
     DICOM series folders (:class:`~mgrad.data.dicom.DicomSeriesReader`) and the array ``key`` of ``.npz``/``.h5``
-    files. MONAI's own readers (NIfTI, NRRD, ...) stay registered; each file goes to the reader of its suffix.
+    files. MONAI's own readers (NIfTI, NRRD, ...) stay registered and read what these cannot.
 
     Example:
         >>> LoadImaged("image", reader=image_readers("image"), image_only=True)({"image": "case.h5"})
