@@ -169,6 +169,13 @@ def test_corrupt_h5_and_empty_datalist(tmp_path):
     assert "'validation' datalist is empty" in out
 
 
+def test_a_folder_of_another_layout_is_one_problem_that_names_the_right_one(tmp_path):
+    (tmp_path / "volumes").mkdir()
+    write_h5(tmp_path / "volumes" / "patient001_frame01.h5", np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8)))
+    problems = check_data(str(tmp_path), dataset="acdc")["problems"]
+    assert len(problems) == 1 and problems[0].endswith("look like the SSL4MIS copy: --dataset acdc_h5"), problems
+
+
 def test_check_data_passes_clean_synthetic_and_dataset_folder(synthetic_dir, tmp_path):
     report = check_data(str(synthetic_dir))
     assert report["cases"] == 8 and report["broken"] == 0 and report["problems"] == []

@@ -21,6 +21,10 @@ def split_patients(patients: list[str], split: str, seed: int = 0) -> list[str]:
     return sorted(order[start:stop].tolist())
 
 
+def _has_h5(dataset_dir: str) -> bool:
+    return any(True for _ in Path(dataset_dir).glob("*/*.h5"))
+
+
 def acdc_datalist(dataset_dir: str, split: str, seed: int = 0) -> list[dict[str, str]]:
     """ACDC NIfTI (``patientNNN/patientNNN_frameFF.nii.gz`` + ``_gt``, searched recursively), split by patient."""
     frames: dict[str, list[Path]] = {}
@@ -29,7 +33,8 @@ def acdc_datalist(dataset_dir: str, split: str, seed: int = 0) -> list[dict[str,
         if match and not path.name.endswith(("_gt.nii.gz", "_gt.nii")):
             frames.setdefault(match.group(1), []).append(path)
     if not frames:
-        raise DataError(f"{dataset_dir}: no ACDC frames patientNNN/patientNNN_frameFF.nii.gz found")
+        hint = "; its .h5 files look like the SSL4MIS copy: --dataset acdc_h5" if _has_h5(dataset_dir) else ""
+        raise DataError(f"{dataset_dir}: no ACDC frames patientNNN/patientNNN_frameFF.nii.gz found{hint}")
     items = []
     for patient in split_patients(list(frames), split, seed):
         for image in frames[patient]:

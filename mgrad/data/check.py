@@ -28,7 +28,8 @@ def _datalists(path: Path, dataset: str | None) -> tuple[dict[str, list[dict]], 
         except MissingSplitError:
             continue
         except DataError as e:
-            problems.append(str(e))
+            if str(e) not in problems:  # a folder-level problem is the same for every split
+                problems.append(str(e))
     if not lists and not problems:
         problems.append(f"{path}: no training, validation or test datalist")
     return lists, problems
