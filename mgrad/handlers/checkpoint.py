@@ -176,6 +176,8 @@ class ModelLoader(CheckpointLoader):
 
 
 def _check_fits(path: str, module: torch.nn.Module, state: Mapping[str, Any]) -> None:
+    if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        module = module.module  # saved and loaded as the module it wraps, as ignite's Checkpoint does
     own = module.state_dict()
     problems = [
         f"{name}: checkpoint {tuple(state[name].shape)}, network {tuple(tensor.shape)}"
