@@ -104,8 +104,8 @@ def test_training_lowers_the_loss_with_handlers():
 
 @pytest.mark.parametrize("decollate", [True, False])
 def test_history_records_each_epochs_mean_loss(tmp_path, decollate):
-    """TrainingHistory keeps the iterations' losses where they were computed (a tensor without decollation, a number
-    with it) and writes each epoch's mean."""
+    """TrainingHistory keeps the iterations' losses where they were computed (a tensor on the device, decollated or
+    not) and writes each epoch's mean."""
     import json
 
     from mgrad.handlers import TrainingHistory
