@@ -27,11 +27,12 @@ configuration runs twice, each in a fresh process: "first step s" of the first r
 (``--warmup`` should cover the compilation), "cached first step s" that of the second run, which compiles from
 Inductor's on-disk cache.
 
-``--json PATH`` writes the results (and the machine line) to a JSON file. ``--exact-memory`` (CPU) fixes glibc's
-mmap threshold at 64 KiB in the configurations' processes (``MALLOC_MMAP_THRESHOLD_``), so every tensor's memory is
-returned when it is freed and "peak MiB" follows the live tensors closely (by default glibc keeps freed blocks of up
-to 32 MiB, and the peak varies by 10% from run to run); the page faults this costs slow the steps, so compare its
-times only with each other.
+Each iteration's time is printed as it ends. ``--json PATH`` writes the results (and the machine line) to a JSON
+file, rewritten after each configuration, so a run stopped by a time limit keeps the configurations it finished.
+``--exact-memory`` (CPU) fixes glibc's mmap threshold at 64 KiB in the configurations' processes
+(``MALLOC_MMAP_THRESHOLD_``), so every tensor's memory is returned when it is freed and "peak MiB" follows the live
+tensors closely (by default glibc keeps freed blocks of up to 32 MiB, and the peak varies by 10% from run to run);
+the page faults this costs slow the steps, so compare its times only with each other.
 """
 
 import argparse
@@ -123,6 +124,8 @@ def run_config(config: str, batch: int, size: int, warmup: int, steps: int, thre
         times[-1] += time.perf_counter()
         cpu_times[-1] += time.process_time()
         losses.append(engine.state.pass_losses.mean().item())
+        # as it happens: a run stopped from outside (a time limit) still shows how far each configuration got
+        print(f"    {config}: iteration {engine.state.iteration}: {times[-1]:.2f} s", flush=True)
 
     trainer.add_event_handler(Events.ITERATION_STARTED, started)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, completed)
@@ -159,6 +162,7 @@ def main() -> None:
         f"{args.warmup} warm-up + {args.steps} timed iterations per configuration, each in a fresh process"
     )
     results = {}
+    summary = {"machine": machine_summary(threads=args.threads), "batch": args.batch, "size": args.size}
     for config in configs:
         results[config] = in_fresh_process(
             run_config, config, args.batch, args.size, args.warmup, args.steps, args.threads
@@ -171,6 +175,10 @@ def main() -> None:
         cached = r.get("cached_first_step_seconds")
         cached = "" if cached is None else f"; cached first step {cached:.1f} s"
         print(f"  {config}: {steps} s; peak {r['peak_mib']:.0f} MiB{cached}", flush=True)
+        if args.json:  # after every configuration, replaced in one step: a run stopped from outside keeps them
+            partial = args.json.with_name(args.json.name + ".partial")
+            partial.write_text(json.dumps({**summary, "configs": results}, indent=1))
+            partial.replace(args.json)
     plain = results["plain"]
     print()
     print(
@@ -184,9 +192,6 @@ def main() -> None:
             f"{r['peak_mib'] / plain['peak_mib']:>8.2f}{r['loss']:>17.5f}"
         )
     print("\nCPU s/step: the process's CPU time (all threads) per step; on a loaded machine steadier than wall time.")
-    if args.json:
-        summary = {"machine": machine_summary(threads=args.threads), "batch": args.batch, "size": args.size}
-        args.json.write_text(json.dumps({**summary, "configs": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The benchmarks stay runnable as the package changes: each imports, and the 3D metrics benchmark (the one that
-reaches into the metrics' modules) runs end to end at a small size and finds medpy's values."""
+reaches into the metrics' modules) runs end to end at a small size and finds medpy's values; the training-step
+benchmark, which the GPU check runs under a time limit, reports as it goes."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,17 @@ def test_metrics_benchmark_matches_medpy_and_names_the_machine():
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("mgrad (CPU)", "medpy"))}
     assert set(rows) == {"mgrad", "medpy"}
     assert float(rows["mgrad"][-1]) <= 1e-6  # the largest difference from medpy's values
+
+
+def test_train_step_benchmark_reports_each_iteration_and_each_configuration(tmp_path):
+    """The GPU check stops a configuration that runs past its time limit (a cold compilation): the iterations are
+    printed as they end and the JSON holds every configuration finished before."""
+    result = tmp_path / "train_step.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--size", "32", "--batch", "1"]
+    command += ["--steps", "1", "--configs", "plain", "--json", str(result)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "    plain: iteration 1: " in run.stdout and "    plain: iteration 2: " in run.stdout
+    report = json.loads(result.read_text())
+    assert list(report["configs"]) == ["plain"] and len(report["configs"]["plain"]["all_seconds"]) == 2
+    assert report["configs"]["plain"]["peak_mib"] > 0 and not (tmp_path / "train_step.json.partial").exists()
