@@ -1,12 +1,16 @@
-"""npz/h5 readers: slice axis last, 2D as (H, W, 1), identity affine, one array per key; real ACDC h5 files."""
+"""npz/h5 readers: slice axis last, 2D as (H, W, 1), identity affine, one array per key; real ACDC h5 files; the one
+reader of every file type that a LoadImaged(reader=...) takes."""
+
+import logging
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 from data_fixtures import write_h5
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from mgrad.data import H5Reader, NpzReader
+from mgrad.data import FileTypeReader, H5Reader, NpzReader, image_readers
 from mgrad.transforms import LoadVolumed
 
 
@@ -60,3 +64,34 @@ def test_real_acdc_h5_volume_and_slice(acdc_h5_dir):
     sl = sorted((acdc_h5_dir / "slices").glob("*.h5"))[0]
     s = LoadVolumed(["image"])({"image": str(sl)})["image"]
     assert s.ndim == 3 and s.shape[-1] == 1
+
+
+def test_file_type_reader_reads_each_type_at_the_first_try(tmp_path, caplog):
+    """Given a list of readers, MONAI's loader tries each on every file and logs each failure (three INFO lines per
+    NIfTI file with mgrad's readers); given FileTypeReader, every type is read by its own reader, silently."""
+    image = np.random.default_rng(2).random((5, 12, 10), dtype=np.float32)  # (Z, H, W)
+    h5 = write_h5(tmp_path / "case.h5", image, (image > 0.5).astype(np.uint8))
+    npz = tmp_path / "case.npz"
+    np.savez(npz, image=image[0], label=image[0] > 0.5)
+    nii = tmp_path / "case.nii.gz"
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.moveaxis(image, 0, -1), affine), nii)
+
+    loader = LoadImaged("image", reader=FileTypeReader("image"), image_only=True)
+    with caplog.at_level(logging.INFO):
+        loaded = {path.suffix: loader({"image": str(path)})["image"] for path in (h5, npz, nii)}
+    assert [r.getMessage() for r in caplog.records if "unable to load" in r.getMessage()] == []
+    assert loaded[".h5"].shape == (12, 10, 5) and loaded[".npz"].shape == (12, 10, 1)
+    np.testing.assert_array_equal(loaded[".gz"].numpy(), np.moveaxis(image, 0, -1))
+    np.testing.assert_allclose(loaded[".gz"].affine.numpy(), affine)
+    np.testing.assert_array_equal(loaded[".h5"].numpy(), loaded[".gz"].numpy())
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        LoadImaged("image", reader=image_readers("image"), image_only=True)({"image": str(nii)})
+    assert len([r for r in caplog.records if "unable to load" in r.getMessage()]) == 3
+
+    unknown = tmp_path / "case.xyz"
+    unknown.write_text("not an image")
+    with pytest.raises(RuntimeError, match=r"case\.xyz: no reader for this type of file"):
+        loader({"image": str(unknown)})

@@ -6,7 +6,7 @@ from mgrad.data.datalist import SPLITS, decathlon_datalist, synthetic_datalist
 from mgrad.data.datasets import DATASETS, DatasetSpec, dataset_info, get_datalist
 from mgrad.data.dicom import DicomSeriesReader
 from mgrad.data.errors import DataError, MissingSplitError
-from mgrad.data.readers import H5Reader, NpzReader, image_readers
+from mgrad.data.readers import FileTypeReader, H5Reader, NpzReader, image_readers
 from mgrad.data.slice_dataset import SliceDataset, training_dataset
 from mgrad.data.synapse import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES, synapse_datalist, synapse_transunet_datalist
 from mgrad.data.synthetic import make_dataset
@@ -23,6 +23,7 @@ __all__ = [
     "DataError",
     "DatasetSpec",
     "DicomSeriesReader",
+    "FileTypeReader",
     "H5Reader",
     "MissingSplitError",
     "NpzReader",

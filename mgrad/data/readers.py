@@ -2,9 +2,8 @@
 
 Both return arrays with the slice axis last, as NIfTI loads: a 2D slice ``(H, W)`` becomes ``(H, W, 1)`` and a
 volume stored ``(Z, H, W)`` becomes ``(H, W, Z)``. These files carry no geometry, so the affine is the identity.
-Each reader reads one named array (``key``), so use one reader per dict key, e.g.
-``LoadImaged("label", reader=image_readers("label"))``: MONAI's loader tries the readers it is given in turn, then
-its own (so a NIfTI file logs, at INFO level, that these readers could not load it).
+Each reader reads one named array (``key``), so use one reader per dict key. :class:`FileTypeReader` joins them with
+MONAI's own readers, each file read by the reader of its type: the one reader a ``LoadImaged(reader=...)`` needs.
 """
 
 from collections.abc import Sequence
@@ -15,7 +14,8 @@ import h5py
 import numpy as np
 from monai.data import ImageReader
 from monai.data.utils import is_supported_format
-from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+from monai.transforms.io.array import SUPPORTED_READERS, get_default_reader_registration_order
+from monai.utils import MetaKeys, OptionalImportError, SpaceKeys, ensure_tuple
 
 from mgrad.data.dicom import DicomSeriesReader
 
@@ -87,11 +87,61 @@ class NpzReader(_ArrayFileReader):
 
 
 def image_readers(key: str = "image") -> list[ImageReader]:
-    """mgrad's readers to register with MONAI's ``LoadImage``/``LoadImaged(reader=...)`` for the dict key ``key``:
+    """mgrad's readers to register with MONAI's ``LoadImage``/``LoadImaged`` (``register``) for the dict key ``key``:
     DICOM series folders (:class:`~mgrad.data.dicom.DicomSeriesReader`) and the array ``key`` of ``.npz``/``.h5``
-    files. MONAI's own readers (NIfTI, NRRD, ...) stay registered and read what these cannot.
+    files. MONAI's own readers (NIfTI, NRRD, ...) stay registered and read what these cannot; the loader picks each
+    file's reader by its suffix. For ``reader=...``, where the loader would try every reader on every file, use
+    :class:`FileTypeReader`.
 
     Example:
-        >>> LoadImaged("image", reader=image_readers("image"), image_only=True)({"image": "case.h5"})
+        >>> loader = LoadImaged("image", image_only=True)
+        >>> for reader in image_readers("image"):
+        ...     loader.register(reader)
+        >>> loader({"image": "case.h5"})["image"].shape   # (H, W, Z)
     """
     return [DicomSeriesReader(), NpzReader(key), H5Reader(key)]
+
+
+class FileTypeReader(ImageReader):
+    """One MONAI ``ImageReader`` for every format mgrad reads: each file goes to the reader of its type, mgrad's
+    (:func:`image_readers`: a DICOM series folder, ``.npz``, ``.h5``) before MONAI's own (NIfTI, NRRD, ...), which
+    are tried in the order MONAI's ``LoadImage`` tries them by itself.
+
+    For ``LoadImaged(reader=...)``, the form a bundle config and MONAI Label or MONAI Deploy (which recognise
+    ``LoadImaged``) need. Given a list of readers, MONAI's loader tries each on every file, whatever its type, and logs
+    each failure at INFO level: three lines for every NIfTI file with :func:`image_readers`. Given this reader, it
+    reads every supported file at the first try.
+
+    Args:
+        key: the array read from ``.npz``/``.h5`` files (``image`` or ``label``).
+
+    Example:
+        >>> LoadImaged("image", reader=FileTypeReader("image"), image_only=True)({"image": "case.nii.gz"})
+    """
+
+    def __init__(self, key: str = "image") -> None:
+        super().__init__()
+        self.key = key
+        self.readers: list[ImageReader] = image_readers(key)[::-1]
+        for name in reversed(get_default_reader_registration_order()):
+            try:
+                self.readers.append(SUPPORTED_READERS[name]())
+            except OptionalImportError:  # its package is not installed: LoadImage leaves it out too
+                pass
+
+    def _reader_of(self, filename: Sequence[PathLike] | PathLike) -> ImageReader | None:
+        return next((reader for reader in self.readers if reader.verify_suffix(filename)), None)
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return self._reader_of(filename) is not None
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> tuple[ImageReader, Any]:
+        """The reader of ``data``'s type and what it read; ``ValueError`` where no reader takes that type."""
+        reader = self._reader_of(data)
+        if reader is None:
+            raise ValueError(f"{ensure_tuple(data)[0]}: no reader for this type of file (installed: {self.readers})")
+        return reader, reader.read(data, **kwargs)
+
+    def get_data(self, img: tuple[ImageReader, Any]) -> tuple:
+        reader, image = img
+        return reader.get_data(image)

@@ -18,7 +18,7 @@ def load_imaged(keys: KeysCollection, dtype: Any = np.float32) -> list[LoadImage
 
     MONAI's loader still picks the reader by suffix (a DICOM series: by being a folder), so the reader of a file's
     type reports its error. In a config: ``{"_target_": "LoadImaged", "keys": "image", "image_only": true,
-    "reader": "$mgrad.data.image_readers('image')"}`` does the same.
+    "reader": {"_target_": "mgrad.data.FileTypeReader", "key": "image"}}`` does the same.
 
     Returns:
         ``LoadImaged(key, image_only=True, dtype=dtype)`` transforms, one per key.
