@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from monai.data import NibabelWriter
+from monai.data import NibabelWriter, image_writer
 
 __all__ = ["PROBABILITY_SCALE", "atomic_path", "write_json", "AtomicNibabelWriter", "AtomicProbabilityWriter"]
 
@@ -43,11 +43,14 @@ def write_json(path: str | os.PathLike, value: Any, indent: int = 2) -> None:
 
 
 class AtomicNibabelWriter(NibabelWriter):
-    """MONAI's ``NibabelWriter`` writing through :func:`atomic_path` (use as ``SaveImaged(writer=...)``)."""
+    """MONAI's ``NibabelWriter`` writing through :func:`atomic_path` (use as ``SaveImaged(writer=...)``); with
+    ``verbose`` it logs the file's own name, as MONAI's writers do, not the temporary one."""
 
     def write(self, filename: str | os.PathLike, verbose: bool = False, **obj_kwargs) -> None:
+        if verbose:
+            image_writer.logger.info(f"writing: {filename}")
         with atomic_path(filename) as tmp:
-            super().write(tmp, verbose=verbose, **obj_kwargs)
+            super().write(tmp, verbose=False, **obj_kwargs)
 
 
 class AtomicProbabilityWriter(AtomicNibabelWriter):

@@ -1,10 +1,15 @@
-"""Test-time augmentation and ensembles (mean softmax), and inversion to the original grid one channel at a time."""
+"""Test-time augmentation and ensembles (mean softmax), inversion to the original grid one channel at a time, and the
+writers of labels and probabilities."""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, image_writer
 from monai.transforms import AsDiscreted, Invertd, SaveImaged
 
 from mgrad.ensemble import SoftmaxEnsemble, tta_transforms
@@ -91,7 +96,9 @@ def test_probabilities_sum_to_one_and_match_the_labels_on_disk(case, tmp_path):
     ]:
         save = SaveImaged(key, output_dir=tmp_path, output_postfix=postfix, output_dtype=dtype, writer=writer,
                           separate_folder=False, resample=False)  # fmt: skip
-        save(out)
+        with _records(image_writer.logger) as records:
+            save(out)
+        assert records == [f"writing: {tmp_path / f'case_{postfix}.nii.gz'}"]  # the file's name, not the temporary one
     seg, prob = nib.load(tmp_path / "case_seg.nii.gz"), nib.load(tmp_path / "case_prob.nii.gz")
     assert prob.shape == (40, 36, 7, 4)  # channels last, as the fourth dimension
     np.testing.assert_allclose(prob.affine, seg.affine, atol=1e-6)
@@ -141,3 +148,16 @@ def test_outputs_on_a_gpu_invert_as_on_the_cpu(case):
         assert (found.cpu().as_tensor() == expected["pred"].as_tensor()).float().mean() > 0.999
     steps = (out["prob"].as_tensor().int() - expected["prob"].as_tensor().int()).abs()
     assert steps.max() <= 2
+
+
+@contextmanager
+def _records(logger: logging.Logger) -> Iterator[list[str]]:
+    """The messages ``logger`` emits within, at INFO level and above."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
