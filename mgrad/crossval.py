@@ -54,10 +54,11 @@ def _value(v: Any) -> Any:
 def format_cross_validation(result: Mapping[str, Any]) -> str:
     """One line per fold (cases, mean Dice %, mean HD95, Dice % per class), then the pooled table."""
     names = result["pooled"]["class_names"]
-    head = f"{'fold':>6} {'cases':>5} {'Dice %':>7} {'HD95':>7} " + " ".join(f"{n[:10]:>10}" for n in names)
+    widths = {n: max(10, len(n)) for n in names}  # a column as wide as its class's name
+    head = f"{'fold':>6} {'cases':>5} {'Dice %':>7} {'HD95':>7} " + " ".join(f"{n:>{widths[n]}}" for n in names)
     lines = [head]
     for f in result["folds"]:
-        per_class = " ".join(f"{100 * f['dice'][n]:>10.2f}" for n in names)
+        per_class = " ".join(f"{100 * f['dice'][n]:>{widths[n]}.2f}" for n in names)
         lines.append(
             f"{f['fold']:>6} {f['num_cases']:>5} {100 * f['mean_dice']:>7.2f} {f['mean_hd95']:>7.2f} {per_class}"
         )

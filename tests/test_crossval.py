@@ -10,7 +10,7 @@ from mgrad.crossval import cross_validation, format_cross_validation
 from mgrad.metrics.report import _json_safe
 
 
-def fold_summary(seed: int, n: int) -> dict:
+def fold_summary(seed: int, n: int, names: tuple[str, str] = ("a", "b")) -> dict:
     rng = np.random.default_rng(seed)
     cases = {}
     for i in range(n):
@@ -21,7 +21,7 @@ def fold_summary(seed: int, n: int) -> dict:
         pred[rng.integers(0, 16, 20), rng.integers(0, 16, 20), rng.integers(0, 4, 20)] = 1
         cases[f"case{seed}_{i}"] = metrics.case_metrics(pred, label, 3, (1.0, 1.0, 2.0))
     # through JSON as the reports are read back (NaN written as null)
-    return json.loads(json.dumps(_json_safe(metrics.summarize(cases, ["a", "b"]))))
+    return json.loads(json.dumps(_json_safe(metrics.summarize(cases, list(names)))))
 
 
 def test_folds_and_pooled_cases():
@@ -38,3 +38,11 @@ def test_folds_and_pooled_cases():
     text = format_cross_validation(result)
     assert text.splitlines()[0].split()[:4] == ["fold", "cases", "Dice", "%"]
     assert "all held-out cases pooled:" in text and "cases: 5" in text
+
+
+def test_long_class_names_are_printed_whole_and_aligned():
+    names = ("inferior_vena_cava", "b")
+    lines = format_cross_validation(cross_validation([fold_summary(0, 2, names), fold_summary(1, 3, names)]))
+    head, *folds = lines.splitlines()[:3]
+    assert head.split()[-2:] == list(names)
+    assert all(len(row) == len(head) for row in folds)  # each value under its class's name
