@@ -18,20 +18,20 @@ so a slow machine loses the least of them): ``train_step`` (benchmarks/bench_tra
 bundle's CUDA settings, ``cl+fused``, with float16 autocast, with every block checkpointed for memory (about 0.4 of a
 float32 pass's activation memory), and with selective checkpointing (the 3x3 convolutions' outputs kept: about half of
 it, with less recomputed); the inexact modes' speed is in ``feedback``), ``compile`` (the bundle's settings with
-regional compilation, run twice: cold and from Inductor's cache; its cold warm-up took over 340 s on an H200, so
-this part needs a call of its own with ``--budget 580``; the iterations are logged as they end), ``loss``
-(benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's ``DiceCELoss`` on each subset, batch 12, 9
-classes), ``reproduce`` (the paper preset on the packed ACDC data for ``--train-seconds``, evaluated under both test
-protocols), ``inference`` (benchmarks/bench_inference.py: per-slice speed at batch 12 and the label agreement with
-float32, on the trained weights where ``reproduce`` ran first, else random ones), ``inference_compile`` (the same with
-the compiled fast path too, its compilation timed as the warm-up), the end-to-end inference (after ``reproduce``:
-``mgrad infer`` over five copies of the test volumes, timed as a process and as the inference engine's run: volumes per
-second with and without the start-up), ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error
-against float64 and the training step of every precision mode, paper widths, batch 12, 224x224, channels-last),
-``feedback_trained`` (the feedback's error of each precision mode on the trained weights and real slices, against
-float64), ``profile`` (benchmarks/profile_step.py: where the time of a training iteration and of an inference call goes,
-by operator, kernel and convolution, in ``DIR/profile/``). ``compile``, ``loss`` and ``inference_compile`` run only when
-named.
+regional compilation, run twice: cold and from Inductor's cache; its cold warm-up took over 340 s on an H200, so this
+part needs a call of its own with ``--budget 580``; the iterations are logged as they end, and each graph's
+compilation, as in ``inference_compile``), ``loss`` (benchmarks/bench_loss.py: the aggregated loss, fused against
+MONAI's ``DiceCELoss`` on each subset, batch 12, 9 classes), ``reproduce`` (the paper preset on the packed ACDC data
+for ``--train-seconds``, evaluated under both test protocols), ``inference`` (benchmarks/bench_inference.py: per-slice
+speed at batch 12 and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else
+random ones), ``inference_compile`` (the same with the compiled fast path too, its compilation timed as the warm-up),
+the end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process
+and as the inference engine's run: volumes per second with and without the start-up), ``feedback``
+(benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training step of every precision
+mode, paper widths, batch 12, 224x224, channels-last), ``feedback_trained`` (the feedback's error of each precision
+mode on the trained weights and real slices, against float64), ``profile`` (benchmarks/profile_step.py: where the time
+of a training iteration and of an inference call goes, by operator, kernel and convolution, in ``DIR/profile/``).
+``compile``, ``loss`` and ``inference_compile`` run only when named.
 """
 
 import argparse
@@ -58,6 +58,9 @@ PARTS = (
     "feedback_trained",
     "profile",
 )
+COMPILE_LOGS = {"TORCH_LOGS": "dynamo"}
+"""The compiled parts' environment: Dynamo logs each graph's tracing and compilation with its time, so the log shows
+where a warm-up's time goes, also when the part is stopped at its limit."""
 DEFAULT_PARTS = ("train_step", "reproduce", "inference", "feedback", "feedback_trained", "profile")
 
 
@@ -74,18 +77,24 @@ class Budget:
         return self.deadline - time.monotonic()
 
 
-def run(out: Path, name: str, command: list[str], limit: float, budget: Budget) -> dict:
-    """Run ``command`` with its output in ``out/<name>.log`` for at most ``limit`` seconds and what ``budget`` has
-    left; its exit status ("timeout" where it was stopped, "skipped" where the budget had no time for it) and
-    seconds. A stopped command is killed with every process it started (the benchmarks run their configurations in
-    processes of their own, which would otherwise hold the GPU for the parts that follow)."""
+def run(
+    out: Path, name: str, command: list[str], limit: float, budget: Budget, env: dict[str, str] | None = None
+) -> dict:
+    """Run ``command`` (with ``env`` added to the environment) with its output in ``out/<name>.log`` for at most
+    ``limit`` seconds and what ``budget`` has left; its exit status ("timeout" where it was stopped, "skipped" where
+    the budget had no time for it) and seconds. A stopped command is killed with every process it started (the
+    benchmarks run their configurations in processes of their own, which would otherwise hold the GPU for the parts
+    that follow)."""
     if budget.left() < Budget.MIN_PART_SECONDS:
         return {"rc": "skipped", "seconds": 0.0, "reason": f"{budget.left():.0f} s of the check's budget left"}
     start, timeout = time.monotonic(), min(limit, budget.left())
     with open(out / f"{name}.log", "w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         try:
             rc: int | str = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -165,9 +174,9 @@ def main() -> None:
             write_archive(out, args.archive.resolve())
         print(f"{name}: {result.get('rc')} in {result.get('seconds')} s", flush=True)
 
-    def bench_part(name: str, command: list[str], limit: float, **extra: object) -> None:
+    def bench_part(name: str, command: list[str], limit: float, env: dict | None = None, **extra: object) -> None:
         """A benchmark writing ``out/<name>.json``, which the report takes in."""
-        result = run(out, name, command + ["--json", str(out / f"{name}.json")], limit, budget)
+        result = run(out, name, command + ["--json", str(out / f"{name}.json")], limit, budget, env)
         record(name, {**result, **extra, "result": read_json(out / f"{name}.json")})
 
     bench = ["--size", "224", "--batch", "12"]
@@ -176,7 +185,7 @@ def main() -> None:
         configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt", "cl+fused+selckpt"]
         bench_part("train_step", train_step + configs, 230)
     if "compile" in args.parts:
-        bench_part("compile", train_step + ["plain", "cl+fused+compile"], 580)
+        bench_part("compile", train_step + ["plain", "cl+fused+compile"], 580, COMPILE_LOGS)
     if "loss" in args.parts:
         bench_part("loss", [py, "benchmarks/bench_loss.py", *bench, "--classes", "9"], 120)
     data, runs = Path("/tmp/acdc"), Path("/tmp/reproduce_acdc")
@@ -198,7 +207,7 @@ def main() -> None:
     if "inference" in args.parts:
         bench_part("inference", inference, 120, **trained)
     if "inference_compile" in args.parts:
-        bench_part("inference_compile", inference + ["--compile"], 360, **trained)
+        bench_part("inference_compile", inference + ["--compile"], 360, COMPILE_LOGS, **trained)
     if weights is not None and "reproduce" in args.parts:
         volumes = data / "volumes_test"
         volumes.mkdir(exist_ok=True)

@@ -40,6 +40,13 @@ def test_a_part_over_its_limit_is_killed_with_its_children(tmp_path):
     assert (tmp_path / "sleeper.log").read_text().startswith("$ ")
 
 
+def test_a_part_runs_in_the_environment_it_is_given(tmp_path):
+    show = [sys.executable, "-c", "import os; print(os.environ['TORCH_LOGS'], 'PATH' in os.environ)"]
+    result = gpu_check.run(tmp_path, "env", show, 60, gpu_check.Budget(600), gpu_check.COMPILE_LOGS)
+    assert result["rc"] == 0
+    assert (tmp_path / "env.log").read_text().splitlines()[1:] == ["dynamo True"]  # added to the environment
+
+
 def test_a_part_runs_for_what_the_budget_has_left_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check.Budget, "MIN_PART_SECONDS", 2)
     finished = gpu_check.run(tmp_path, "quick", [sys.executable, "-c", "print('done')"], 60, gpu_check.Budget(600))
