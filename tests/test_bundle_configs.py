@@ -1,6 +1,7 @@
 """Every config the bundle ships parses and passes MONAI's property checks; the chains match mgrad.transforms."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -69,10 +70,13 @@ def test_bundle_chains_equal_the_python_pipelines(phantom_dir):
         k: str(phantom_dir / v)
         for k, v in json.loads((phantom_dir / "dataset.json").read_text())["training"][0].items()
     }
-    pairs = [
-        (parser.get_parsed_content("validate#preprocessing"), volume_transforms("ct", 96, None, True, 9)),
-        (parser.get_parsed_content("train#preprocessing"), train_transforms("ct", 96, 8, 0.7, None, True, 9)),
-    ]
+    with warnings.catch_warnings(record=True) as caught:  # every transform built with its current arguments
+        warnings.simplefilter("always")
+        pairs = [
+            (parser.get_parsed_content("validate#preprocessing"), volume_transforms("ct", 96, None, True, 9)),
+            (parser.get_parsed_content("train#preprocessing"), train_transforms("ct", 96, 8, 0.7, None, True, 9)),
+        ]
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
     for config_chain, python_chain in pairs:
         assert [type(t) for t in config_chain.transforms] == [type(t) for t in python_chain.transforms]
         config_chain.set_random_state(0)

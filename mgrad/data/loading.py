@@ -72,7 +72,7 @@ def load_ras(path: Any, key: str = "image") -> MetaTensor:
         DataError: naming the file, where it is missing or unreadable.
     """
     x = load_file(volume_loader(key), path)
-    return Orientation(axcodes="RAS")(EnsureChannelFirst()(x))
+    return Orientation(axcodes="RAS", labels=None)(EnsureChannelFirst()(x))
 
 
 def affine_difference(a: torch.Tensor, b: torch.Tensor) -> float:

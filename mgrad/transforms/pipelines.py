@@ -35,7 +35,7 @@ def volume_transforms(
     chain: list = [
         LoadVolumed(keys),
         EnsureChannelFirstd(keys),
-        Orientationd(keys, axcodes="RAS"),
+        Orientationd(keys, axcodes="RAS", labels=None),  # the MetaTensor's space (RAS or LPS) names the axes
         ValidateCased(keys, num_classes if label_map is None else None, label_map, require_volume),
         *intensity_transforms(preset, "image"),
         SlabAntiAliasd("image", spatial_size),
