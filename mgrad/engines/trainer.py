@@ -116,11 +116,10 @@ class MGRADTrainer(SupervisedTrainer):
                 engine.state.output = transform(engine.state.output)
 
     def run(self) -> None:
-        """``SupervisedTrainer.run``; with ``amp`` on CPU without MONAI's warnings about its unused CUDA scaler."""
-        if self.amp and self.state.device.type != "cuda":
-            with _no_scaler_warnings():
-                return super().run()
-        return super().run()
+        """``SupervisedTrainer.run`` without the warnings of MONAI's building its CUDA gradient scaler (see
+        :func:`_no_scaler_warnings`)."""
+        with _no_scaler_warnings():
+            return super().run()
 
     def _autocast(self, device: torch.device) -> torch.autocast:
         if device.type == "cuda":
@@ -267,8 +266,9 @@ class _PendingLosses:
 
 @contextmanager
 def _no_scaler_warnings() -> Iterator[None]:
-    """Silence MONAI's Trainer building a CUDA GradScaler (in ``__init__`` and ``run``) where it is not used: on CPU
-    the scaler warns and disables itself, and this trainer runs bfloat16 autocast, which needs none (see ``_step``).
+    """Silence MONAI's Trainer building a CUDA GradScaler (in ``__init__`` and ``run``): on CPU, where this trainer
+    runs bfloat16 autocast, which needs none (see ``_step``), the scaler warns and disables itself; on CUDA, MONAI
+    builds it through ``torch.cuda.amp.GradScaler``, which torch deprecates with a warning in every run.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*GradScaler", category=UserWarning)
