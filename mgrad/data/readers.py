@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 from monai.data import ImageReader
 from monai.data.utils import is_supported_format
-from monai.transforms.io.array import SUPPORTED_READERS, get_default_reader_registration_order
-from monai.utils import MetaKeys, OptionalImportError, SpaceKeys, ensure_tuple
+from monai.transforms import LoadImage
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from mgrad.data.dicom import DicomSeriesReader
 
@@ -122,12 +122,8 @@ class FileTypeReader(ImageReader):
     def __init__(self, key: str = "image") -> None:
         super().__init__()
         self.key = key
-        self.readers: list[ImageReader] = image_readers(key)[::-1]
-        for name in reversed(get_default_reader_registration_order()):
-            try:
-                self.readers.append(SUPPORTED_READERS[name]())
-            except OptionalImportError:  # its package is not installed: LoadImage leaves it out too
-                pass
+        # MONAI's readers as its loader builds them (those whose packages are installed), in the order it tries them
+        self.readers: list[ImageReader] = image_readers(key)[::-1] + LoadImage().readers[::-1]
 
     def _reader_of(self, filename: Sequence[PathLike] | PathLike) -> ImageReader | None:
         return next((reader for reader in self.readers if reader.verify_suffix(filename)), None)
