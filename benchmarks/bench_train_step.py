@@ -28,7 +28,7 @@ configuration runs twice, each in a fresh process: "first step s" of the first r
 Inductor's on-disk cache.
 
 Each iteration's time is printed as it ends. ``--json PATH`` writes the results (and the machine line) to a JSON
-file, rewritten after each configuration, so a run stopped by a time limit keeps the configurations it finished.
+file, rewritten after each run of a configuration, so a run stopped by a time limit keeps what it finished.
 ``--exact-memory`` (CPU) fixes glibc's mmap threshold at 64 KiB in the configurations' processes
 (``MALLOC_MMAP_THRESHOLD_``), so every tensor's memory is returned when it is freed and "peak MiB" follows the live
 tensors closely (by default glibc keeps freed blocks of up to 32 MiB, and the peak varies by 10% from run to run);
@@ -163,22 +163,28 @@ def main() -> None:
     )
     results = {}
     summary = {"machine": machine_summary(threads=args.threads), "batch": args.batch, "size": args.size}
+
+    def save() -> None:
+        """The results so far, replaced in one step: a run stopped from outside keeps every finished run."""
+        if args.json:
+            partial = args.json.with_name(args.json.name + ".partial")
+            partial.write_text(json.dumps({**summary, "configs": results}, indent=1))
+            partial.replace(args.json)
+
     for config in configs:
         results[config] = in_fresh_process(
             run_config, config, args.batch, args.size, args.warmup, args.steps, args.threads
         )
         r = results[config]
+        save()
         if {"compile", "cudagraphs"} & set(config.split("+")):
             again = in_fresh_process(run_config, config, args.batch, args.size, args.warmup, args.steps, args.threads)
             r["cached_first_step_seconds"] = again["all_seconds"][0]
+            save()
         steps = ", ".join(f"{t:.2f}" for t in r["all_seconds"])
         cached = r.get("cached_first_step_seconds")
         cached = "" if cached is None else f"; cached first step {cached:.1f} s"
         print(f"  {config}: {steps} s; peak {r['peak_mib']:.0f} MiB{cached}", flush=True)
-        if args.json:  # after every configuration, replaced in one step: a run stopped from outside keeps them
-            partial = args.json.with_name(args.json.name + ".partial")
-            partial.write_text(json.dumps({**summary, "configs": results}, indent=1))
-            partial.replace(args.json)
     plain = results["plain"]
     print()
     print(

@@ -19,7 +19,7 @@ bundle's CUDA settings, ``cl+fused``, with float16 autocast, with every block ch
 float32 pass's activation memory), and with selective checkpointing (the 3x3 convolutions' outputs kept: about half of
 it, with less recomputed); the inexact modes' speed is in ``feedback``), ``compile`` (the bundle's settings with
 regional compilation, run twice: cold and from Inductor's cache; its cold warm-up took over 340 s on an H200, so this
-part needs a call of its own with ``--budget 580``; the iterations are logged as they end, and each graph's
+part needs a call of its own with ``--budget 560``; the iterations are logged as they end, and each graph's
 compilation, as in ``inference_compile``), ``loss`` (benchmarks/bench_loss.py: the aggregated loss, fused against
 MONAI's ``DiceCELoss`` on each subset, batch 12, 9 classes), ``reproduce`` (the paper preset on the packed ACDC data
 for ``--train-seconds``, evaluated under both test protocols), ``inference`` (benchmarks/bench_inference.py: per-slice
@@ -185,7 +185,7 @@ def main() -> None:
         configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt", "cl+fused+selckpt"]
         bench_part("train_step", train_step + configs, 230)
     if "compile" in args.parts:
-        bench_part("compile", train_step + ["plain", "cl+fused+compile"], 580, COMPILE_LOGS)
+        bench_part("compile", train_step + ["plain", "cl+fused+compile"], 560, COMPILE_LOGS)
     if "loss" in args.parts:
         bench_part("loss", [py, "benchmarks/bench_loss.py", *bench, "--classes", "9"], 120)
     data, runs = Path("/tmp/acdc"), Path("/tmp/reproduce_acdc")

@@ -4,7 +4,7 @@
 # OUT_DIR/gpu_check.json (see its docstring). The default parts (the training step, a 90 s reproduction, inference,
 # the feedback's precision, a profile) take about 8.5 minutes on one H100/H200, and never more than 9 with the
 # installation: they share a budget of 510 s (--budget), and a part without time left is recorded as skipped. The
-# compiled parts run on their own: --parts compile --budget 580 (training: a cold warm-up of over 5.5 minutes on an
+# compiled parts run on their own: --parts compile --budget 560 (training: a cold warm-up of over 5.5 minutes on an
 # H200, then one from the cache), --parts inference_compile (up to 6 minutes); --parts loss (the fused aggregated
 # loss against the unfused one) takes about half a minute.
 #   bash scripts/gpu_check.sh OUT_DIR [WHEEL_DIR (.device/whl)] [gpu_check.py options: --parts, --budget, ...]

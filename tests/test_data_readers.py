@@ -93,5 +93,5 @@ def test_file_type_reader_reads_each_type_at_the_first_try(tmp_path, caplog):
 
     unknown = tmp_path / "case.xyz"
     unknown.write_text("not an image")
-    with pytest.raises(RuntimeError, match=r"case\.xyz: no reader for this type of file"):
+    with pytest.raises(RuntimeError, match=r"case\.xyz"):  # no reader of its type (ITK, where installed, tries)
         loader({"image": str(unknown)})

@@ -159,3 +159,18 @@ def test_real_totalsegmentator_ct_with_seg(totalseg_dir, tmp_path):
     back = Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=True)(out)["pred"]
     assert back.shape == (1, 512, 512, 20)
     np.testing.assert_allclose(back.affine.numpy(), nib.load(tmp_path / "ct.nii.gz").affine, atol=1e-3)
+
+
+def test_orientation_by_the_image_space_orients_ras_volumes_as_the_old_labels_did(tmp_path):
+    """The pipelines give Orientationd labels=None (MONAI's coming default: the axes named by the MetaTensor's space);
+    mgrad's and MONAI's readers load RAS, where it must orient exactly as the old default labels did."""
+    path = tmp_path / "lps_like.nii.gz"
+    affine = np.array([[-0.8, 0, 0, 90], [0, 0, 2.5, -40], [0, -1.2, 0, 20], [0, 0, 0, 1]])  # L, S, P axes
+    nib.save(nib.Nifti1Image(np.random.default_rng(3).random((12, 10, 8), dtype=np.float32), affine), path)
+    data = EnsureChannelFirstd("image")(LoadVolumed("image")({"image": str(path)}))
+    old_labels = (("L", "R"), ("P", "A"), ("I", "S"))
+    new = Orientationd("image", axcodes="RAS", labels=None)(dict(data))["image"]
+    old = Orientationd("image", axcodes="RAS", labels=old_labels)(dict(data))["image"]
+    assert new.shape == old.shape == (1, 12, 8, 10) and torch.equal(new.as_tensor(), old.as_tensor())
+    np.testing.assert_allclose(new.affine.numpy(), old.affine.numpy())
+    assert nib.aff2axcodes(new.affine.numpy()) == ("R", "A", "S")

@@ -110,7 +110,9 @@ class FileTypeReader(ImageReader):
     For ``LoadImaged(reader=...)``, the form a bundle config and MONAI Label or MONAI Deploy (which recognise
     ``LoadImaged``) need. Given a list of readers, MONAI's loader tries each on every file, whatever its type, and logs
     each failure at INFO level: three lines for every NIfTI file with :func:`image_readers`. Given this reader, it
-    reads every supported file at the first try.
+    reads every supported file at the first try. Where the reader of a file's type fails, MONAI's loader still offers
+    the file to its own readers in turn before it raises (as with any ``reader=``); where ITK is installed, its
+    reader claims every type that no other reader does.
 
     Args:
         key: the array read from ``.npz``/``.h5`` files (``image`` or ``label``).
