@@ -36,7 +36,6 @@ the page faults this costs slow the steps, so compare its times only with each o
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -167,9 +166,9 @@ def main() -> None:
     def save() -> None:
         """The results so far, replaced in one step: a run stopped from outside keeps every finished run."""
         if args.json:
-            partial = args.json.with_name(args.json.name + ".partial")
-            partial.write_text(json.dumps({**summary, "configs": results}, indent=1))
-            partial.replace(args.json)
+            from mgrad.writers import write_json
+
+            write_json(args.json, {**summary, "configs": results}, indent=1)
 
     for config in configs:
         results[config] = in_fresh_process(

@@ -45,3 +45,4 @@ def test_train_step_benchmark_reports_each_iteration_and_each_configuration(tmp_
     report = json.loads(result.read_text())
     assert list(report["configs"]) == ["plain"] and len(report["configs"]["plain"]["all_seconds"]) == 2
     assert report["configs"]["plain"]["peak_mib"] > 0 and not (tmp_path / "train_step.json.partial").exists()
+    assert list(tmp_path.iterdir()) == [result]  # no temporary file left beside it
