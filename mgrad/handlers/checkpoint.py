@@ -122,15 +122,13 @@ class ResumeCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         saved = torch.load(self.load_path, map_location="cpu", weights_only=False)
-        for key, obj in self.load_dict.items():
-            if isinstance(obj, torch.nn.Module):  # another network's run: neither resumed nor overwritten
-                try:
-                    _check_fits(self.load_path, obj, saved.get(key, {}))
-                except ValueError as e:
-                    raise ValueError(
-                        f"{e} It belongs to another run, which this one would overwrite: train into another "
-                        "bundle_root or ckpt_dir, or move its folder away."
-                    ) from None
+        try:  # another network's run: neither resumed nor overwritten
+            _check_networks_fit(self.load_path, self.load_dict, saved, bare=False)
+        except ValueError as e:
+            raise ValueError(
+                f"{e} It belongs to another run, which this one would overwrite: train into another "
+                "bundle_root or ckpt_dir, or move its folder away."
+            ) from None
         # a checkpoint at or past this run's max_epochs belongs to a finished run (e.g. MONAI Label's previous
         # training request): resuming it would train nothing, or fail in CheckpointLoader, so start afresh
         if self.engine_key is not None:
@@ -168,11 +166,18 @@ class ModelLoader(CheckpointLoader):
             checkpoint = torch.load(self.load_path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"checkpoint {self.load_path} cannot be read: {e}") from e
-        for key, obj in self.load_dict.items():
-            if isinstance(obj, torch.nn.Module):
-                state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else checkpoint
-                _check_fits(self.load_path, obj, state)
+        _check_networks_fit(self.load_path, self.load_dict, checkpoint, bare=True)
         super().__call__(engine)
+
+
+def _check_networks_fit(path: str, load_dict: Mapping[str, Any], checkpoint: Any, bare: bool) -> None:
+    """:func:`_check_fits` for every network of ``load_dict``, each against its entry of ``checkpoint``; with
+    ``bare``, a checkpoint without that entry is taken as the network's own state dict."""
+    for key, obj in load_dict.items():
+        if isinstance(obj, torch.nn.Module):
+            own = checkpoint if bare else {}
+            state = checkpoint.get(key, own) if isinstance(checkpoint, Mapping) else checkpoint
+            _check_fits(path, obj, state)
 
 
 def _check_fits(path: str, module: torch.nn.Module, state: Mapping[str, Any]) -> None:
