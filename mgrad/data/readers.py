@@ -123,7 +123,6 @@ class FileTypeReader(ImageReader):
 
     def __init__(self, key: str = "image") -> None:
         super().__init__()
-        self.key = key
         # MONAI's readers as its loader builds them (those whose packages are installed), in the order it tries them
         self.readers: list[ImageReader] = image_readers(key)[::-1] + LoadImage().readers[::-1]
 
