@@ -8,6 +8,7 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
 from mgrad.data.errors import read_error
+from mgrad.engines.background import BackgroundPostprocessing
 from mgrad.errors import root_cause
 
 __all__ = ["ERROR_KEY", "TolerantDataset", "VolumeEvaluator", "CaseFailures", "raise_for_failures"]
@@ -64,12 +65,46 @@ class VolumeEvaluator(SupervisedEvaluator):
     A case fails where its item holds ``"error"`` (see :class:`TolerantDataset`) or where inference or
     postprocessing (e.g. inversion and saving) raises. ``engine.state.failures`` holds one message per failed case,
     naming its file; they are logged together when the run completes.
+
+    Args:
+        args, kwargs: those of ``monai.engines.SupervisedEvaluator``.
+        background_postprocessing: postprocess each volume (``postprocessing``: inversion, writing) in a worker
+            thread while the next one is inferred (:class:`mgrad.engines.background.BackgroundPostprocessing`, at
+            most ``max_pending`` volumes waiting); ``run`` returns once all are done. For inference: handlers and
+            metrics then see the network's outputs, not the postprocessed ones. Needs ``decollate=True``.
+        max_pending: volumes waiting for the background postprocessing, at most.
+
+    Example::
+
+        >>> evaluator = VolumeEvaluator(device, loader, network, inferer=inferer, postprocessing=post,
+        ...                             background_postprocessing=True)
+        >>> evaluator.run(); raise_for_failures(evaluator)
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, background_postprocessing: bool = False, max_pending: int = 2, **kwargs: Any
+    ) -> None:
+        self.background: BackgroundPostprocessing | None = None
+        if background_postprocessing and kwargs.get("postprocessing") is not None:
+            if not kwargs.get("decollate", True):
+                raise ValueError("background_postprocessing needs decollate=True.")
+            self.background = BackgroundPostprocessing(kwargs.pop("postprocessing"), self._record, max_pending)
         super().__init__(*args, **kwargs)
         self.add_event_handler(Events.STARTED, self._reset_failures)
+        if self.background is not None:
+            self.background.attach(self)
+            self.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.background.wait())
         self.add_event_handler(Events.COMPLETED, self._log_failures)
+
+    def run(self, global_epoch: int = 1) -> None:
+        try:
+            super().run(global_epoch)
+        finally:
+            if self.background is not None:  # what was queued is written even where the run stopped early
+                self.background.close()
+
+    def _record(self, item: tuple[Any, Any], error: BaseException) -> None:
+        self.state.failures.append(_message(_case_name(item[0]), error))
 
     def _reset_failures(self, engine: "VolumeEvaluator") -> None:
         engine.state.failures = []
