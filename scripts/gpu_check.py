@@ -26,7 +26,8 @@ for ``--train-seconds``, evaluated under both test protocols), ``inference`` (be
 speed at batch 12 and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else
 random ones), ``inference_compile`` (the same with the compiled fast path too, its compilation timed as the warm-up),
 the end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process
-and as the inference engine's run: volumes per second with and without the start-up), ``feedback``
+and as the inference engine's run: volumes per second with and without the start-up; then the same with each volume's
+inversion and writing inline instead of in a worker thread, ``infer_end_to_end_inline``), ``feedback``
 (benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training step of every precision
 mode, paper widths, batch 12, 224x224, channels-last), ``feedback_trained`` (the feedback's error of each precision
 mode on the trained weights and real slices, against float64), ``profile`` (benchmarks/profile_step.py: where the time
@@ -218,19 +219,21 @@ def main() -> None:
                     os.symlink(data / "volumes" / f"{name}.h5", target)
         command = [py, "-m", "mgrad", "infer", "--input", str(volumes), "--output_dir", "/tmp/preds"]
         command += ["--ckpt_path", str(weights), "--dataset", "acdc_h5", "--preset", "paper", "--device", "cuda:0"]
-        result = run(out, "infer_end_to_end", command, 180, budget)
         count = len(list(volumes.glob("*.h5")))
-        engine = engine_seconds(out / "infer_end_to_end.log")
-        record(
-            "infer_end_to_end",
-            {
-                **result,
-                "volumes": count,
-                "volumes_per_second": count / result["seconds"] if result["seconds"] else None,
-                "engine_seconds": engine,
-                "engine_volumes_per_second": count / engine if engine else None,
-            },
-        )
+        # the default (each volume's inversion and writing in a worker thread) and the same run with them inline
+        for name, background in (("infer_end_to_end", "true"), ("infer_end_to_end_inline", "false")):
+            result = run(out, name, command + ["--background_postprocessing", background], 180, budget)
+            engine = engine_seconds(out / f"{name}.log")
+            record(
+                name,
+                {
+                    **result,
+                    "volumes": count,
+                    "volumes_per_second": count / result["seconds"] if result["seconds"] else None,
+                    "engine_seconds": engine,
+                    "engine_volumes_per_second": count / engine if engine else None,
+                },
+            )
     feedback = [py, "benchmarks/bench_feedback_precision.py", "--device", "cuda", *bench]
     if "feedback" in args.parts:
         bench_part("feedback", feedback + ["--preset", "paper", "--steps", "3", "--channels-last"], 200)
