@@ -117,11 +117,17 @@ def test_slab_anti_aliasing_equals_monai_resize():
     from mgrad.transforms.antialias import SlabAntiAliasd
 
     torch.manual_seed(0)
-    img = MetaTensor(torch.rand(1, 150, 140, 9))
-    expected = Resized("image", (48, 48, -1), anti_aliasing=True)({"image": img.clone()})["image"]
-    smoothed = SlabAntiAliasd("image", 48, slab=2)({"image": img.clone()})
-    out = Resized("image", (48, 48, -1), anti_aliasing=False)(smoothed)["image"]
-    torch.testing.assert_close(out.as_tensor(), expected.as_tensor())
+    # volumes of one and two channels, slabs that divide the slices or not; and a 2D image
+    for img, size, slab in (
+        (MetaTensor(torch.rand(1, 150, 140, 9)), (48, 48, -1), 2),
+        (MetaTensor(torch.rand(2, 100, 160, 7)), (48, 48, -1), 8),
+        (MetaTensor(torch.rand(1, 150, 140)), (48, 48), 8),
+    ):
+        expected = Resized("image", size, anti_aliasing=True)({"image": img.clone()})["image"]
+        smoothed = SlabAntiAliasd("image", 48, slab=slab)({"image": img.clone()})
+        out = Resized("image", size, anti_aliasing=False)(smoothed)["image"]
+        assert out.shape == expected.shape
+        torch.testing.assert_close(out.as_tensor(), expected.as_tensor())
     small = MetaTensor(torch.rand(1, 40, 40, 3))
     assert SlabAntiAliasd("image", 48)({"image": small})["image"] is small
 
