@@ -9,6 +9,7 @@ the validation cases, and none unless it improves on leaving the class alone.
 
 import json
 import os
+import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ def _keep(mask: torch.Tensor, rule: Mapping[str, Any], spacing: Sequence[float])
     min_size = float(rule.get("min_size_mm3") or 0.0)
     if min_size > 0:
         remove = RemoveSmallObjects(min_size, connectivity=mask.ndim - 1, by_measure=True, pixdim=tuple(spacing))
-        mask = torch.as_tensor(remove(mask.to(torch.uint8))) > 0
+        with warnings.catch_warnings():  # MONAI passes scikit-image >= 0.26 its deprecated `min_size`
+            warnings.filterwarnings("ignore", "Parameter `min_size` is deprecated", FutureWarning)
+            mask = torch.as_tensor(remove(mask.to(torch.uint8))) > 0
     return mask
 
 
