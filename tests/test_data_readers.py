@@ -95,3 +95,17 @@ def test_file_type_reader_reads_each_type_at_the_first_try(tmp_path, caplog):
     unknown.write_text("not an image")
     with pytest.raises(RuntimeError, match=r"case\.xyz"):  # no reader of its type (ITK, where installed, tries)
         loader({"image": str(unknown)})
+
+
+def test_file_type_reader_does_not_let_other_readers_guess_at_a_file_its_reader_cannot_read(tmp_path):
+    # MONAI's NumpyReader would read the label of a .npz without an image, and return it as the image
+    labels_only = tmp_path / "case.npz"
+    np.savez(labels_only, label=np.ones((8, 8), np.uint8))
+    loader = LoadImaged("image", reader=FileTypeReader("image"), image_only=True)
+    with pytest.raises(KeyError, match=r"case\.npz: no array 'image' \(has \['label'\]\)"):
+        loader({"image": str(labels_only)})
+    damaged = tmp_path / "case.nii.gz"
+    damaged.write_bytes(b"\x1f\x8b not a volume")
+    with pytest.raises(Exception, match=r"case\.nii\.gz") as raised:  # its reader's error, naming the file
+        loader({"image": str(damaged)})
+    assert "cannot find a suitable reader" not in str(raised.value)  # not MONAI's list of every reader tried

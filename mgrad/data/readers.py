@@ -110,9 +110,11 @@ class FileTypeReader(ImageReader):
     For ``LoadImaged(reader=...)``, the form a bundle config and MONAI Label or MONAI Deploy (which recognise
     ``LoadImaged``) need. Given a list of readers, MONAI's loader tries each on every file, whatever its type, and logs
     each failure at INFO level: three lines for every NIfTI file with :func:`image_readers`. Given this reader, it
-    reads every supported file at the first try. Where the reader of a file's type fails, MONAI's loader still offers
-    the file to its own readers in turn before it raises (as with any ``reader=``); where ITK is installed, its
-    reader claims every type that no other reader does.
+    reads every supported file at the first try. A file of a supported type that its reader cannot read (a
+    ``.npz`` without the ``key`` array, a damaged NIfTI) fails with that reader's error: MONAI's loader, which offers
+    a file that a designated reader could not read to all its other readers in turn, would otherwise have MONAI's
+    ``NumpyReader`` read the other arrays of such a ``.npz`` as the image. A file of a type no reader takes is left
+    to MONAI's loader (where ITK is installed, its reader claims every such type).
 
     Args:
         key: the array read from ``.npz``/``.h5`` files (``image`` or ``label``).
@@ -132,13 +134,20 @@ class FileTypeReader(ImageReader):
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return self._reader_of(filename) is not None
 
-    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> tuple[ImageReader, Any]:
-        """The reader of ``data``'s type and what it read; ``ValueError`` where no reader takes that type."""
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> tuple[ImageReader | None, Any]:
+        """The reader of ``data``'s type and what it read, or ``(None, error)`` where that reader failed (raised by
+        :meth:`get_data`, so that MONAI's loader does not offer the file to readers of other types); ``ValueError``
+        where no reader takes that type."""
         reader = self._reader_of(data)
         if reader is None:
             raise ValueError(f"{ensure_tuple(data)[0]}: no reader for this type of file (installed: {self.readers})")
-        return reader, reader.read(data, **kwargs)
+        try:
+            return reader, reader.read(data, **kwargs)
+        except Exception as error:  # noqa: BLE001 - raised again by get_data
+            return None, error
 
-    def get_data(self, img: tuple[ImageReader, Any]) -> tuple:
+    def get_data(self, img: tuple[ImageReader | None, Any]) -> tuple:
         reader, image = img
+        if reader is None:
+            raise image
         return reader.get_data(image)
