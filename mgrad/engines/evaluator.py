@@ -97,6 +97,8 @@ class VolumeEvaluator(SupervisedEvaluator):
         self.add_event_handler(Events.COMPLETED, self._log_failures)
 
     def run(self, global_epoch: int = 1) -> None:
+        """``SupervisedEvaluator.run``; with background postprocessing it returns once every volume handed over is
+        postprocessed, also where the run stops early."""
         try:
             super().run(global_epoch)
         finally:
