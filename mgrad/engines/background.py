@@ -16,7 +16,8 @@ class BackgroundPostprocessing:
     inversion and writing of a volume overlap the loading and inference of the next ones.
 
     Inline, a volume's postprocessing (undoing the resampling, the argmax, compressing and writing the NIfTI) holds up
-    the next volume's inference: on a GPU it took longer than the network itself. Here each iteration's decollated
+    the next volume's inference (about 35 ms an ACDC volume on a 2-core CPU, where an H200's network pass took about
+    20 ms of the 55 ms each volume took end to end). Here each iteration's decollated
     batch and output are handed to the worker when the model completes; at most ``max_pending`` iterations wait for
     it (their outputs, on the engine's device, are kept until then), so a fast network does not pile up volumes in
     memory. The worker's torch operations release the GIL as the main thread's do, so the two overlap on a GPU and
