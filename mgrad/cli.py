@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
     "reproduce": "mgrad.reproduce:reproduce",
 }
 HELP_FLAGS = ("-h", "--help")
+JSON_LITERALS = {"true": "True", "false": "False", "null": "None"}
+"""Option values written as JSON (and as the docs write them) -> Python's, which fire reads as values: fire passes
+``false`` on as the string ``"false"``, which a config reads as true."""
 
 
 def _function(target: str) -> Callable[..., Any]:
@@ -118,15 +121,30 @@ def _check_options(func: Callable[..., Any], args: list[str]) -> None:
         raise error
 
 
+def _python_literals(argv: list[str]) -> list[str]:
+    """``argv`` with the options' values ``true``, ``false`` and ``null`` (``--fast_inference false``,
+    ``--tta=null``) as Python's ``True``, ``False`` and ``None``; other arguments unchanged."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and "=" in arg:
+            option, value = arg.split("=", 1)
+            arg = f"{option}={JSON_LITERALS.get(value, value)}"
+        elif i > 0 and argv[i - 1].startswith("--") and "=" not in argv[i - 1]:
+            arg = JSON_LITERALS.get(arg, arg)
+        out.append(arg)
+    return out
+
+
 def _call(name: str, func: Callable[..., Any], argv: list[str]) -> Any:
-    """``func`` with the command line parsed by fire; its result (fire itself would print it)."""
+    """``func`` with the command line parsed by fire (``true``/``false``/``null`` as Python's); its result (fire
+    itself would print it)."""
     result = {}
 
     @functools.wraps(func)
     def command(*args: Any, **kwargs: Any) -> None:
         result["value"] = func(*args, **kwargs)
 
-    fire.Fire({name: command}, command=argv, name="mgrad")
+    fire.Fire({name: command}, command=_python_literals(argv), name="mgrad")
     return result.get("value")
 
 

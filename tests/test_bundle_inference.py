@@ -32,9 +32,11 @@ def test_predictions_keep_each_volumes_geometry(trained_bundle, phantom_dir, tmp
     for image_path in images:
         nib.save(nib.as_closest_canonical(nib.load(image_path)), canonical / image_path.name)
     out, out_canonical = tmp_path / "preds", tmp_path / "preds_canonical"
-    # the second run loads its volumes in two worker processes (as on CUDA), the first in the main process
-    for folder, predictions, workers in ((phantom_dir / "imagesTr", out, 0), (canonical, out_canonical, 2)):
-        result = infer(trained_bundle, folder, predictions, num_workers=workers)
+    # the second run loads its volumes in two worker processes and postprocesses them in a worker thread (as on
+    # CUDA), the first does both in the main process (as on a CPU)
+    runs = ((phantom_dir / "imagesTr", out, 0, False), (canonical, out_canonical, 2, True))
+    for folder, predictions, workers, background in runs:
+        result = infer(trained_bundle, folder, predictions, num_workers=workers, background_postprocessing=background)
         assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(out.glob("*_seg.nii.gz"))) == len(images) == 6
     assert not list(out.glob(".*")), "temporary files were left behind"

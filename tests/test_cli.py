@@ -8,7 +8,7 @@ import pytest
 from bundle_fixtures import copy_bundle
 
 from mgrad.bundle import merged_config, run_config, split_overrides
-from mgrad.cli import COMMANDS, main
+from mgrad.cli import COMMANDS, _call, main
 from mgrad.errors import UnknownOptionError
 
 
@@ -93,3 +93,13 @@ def test_the_installed_mgrad_command_runs_the_cli():
     result = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert all(name in result.stdout for name in COMMANDS)
+
+
+def test_json_literals_reach_the_commands_as_python_values():
+    def command(input, **overrides):
+        return input, overrides
+
+    argv = ["infer", "false", "--fast_inference", "false", "--tta=null", "--amp", "true", "--preset", "paper"]
+    got = _call("infer", command, [*argv, "--epochs", "3", "--channels_last=False"])
+    overrides = {"fast_inference": False, "tta": None, "amp": True, "preset": "paper", "epochs": 3}
+    assert got == ("false", {**overrides, "channels_last": False})  # a positional argument stays as it is

@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.data import DataLoader, MetaTensor
 from torch import nn
 
@@ -38,11 +39,12 @@ def cases(count: int = 5) -> list[dict]:
     ]
 
 
-def evaluate(post: Recorder, background: bool, count: int = 5) -> VolumeEvaluator:
+def evaluate(post: Recorder, background: bool, count: int = 5, **kwargs) -> VolumeEvaluator:
+    torch.manual_seed(0)
     network = nn.Conv2d(1, 2, 1).eval()
     loader = DataLoader(cases(count), batch_size=1)
     evaluator = VolumeEvaluator(
-        "cpu", loader, network, postprocessing=post, background_postprocessing=background, max_pending=2
+        "cpu", loader, network, postprocessing=post, background_postprocessing=background, max_pending=2, **kwargs
     )
     evaluator.run()
     return evaluator
@@ -72,6 +74,49 @@ def test_a_failing_postprocessing_is_recorded_with_its_case_and_the_rest_go_on(b
     assert sorted(post.sums) == ["case_0.nii.gz", "case_1.nii.gz", "case_3.nii.gz", "case_4.nii.gz"]
     with pytest.raises(CaseFailures, match="1 of 5 cases failed:\n  case_2.nii.gz: disk full"):
         raise_for_failures(evaluator)
+
+
+class AtCompletion:
+    """A handler that notes, when the run completes, which cases are postprocessed and which failures are known (as
+    the evaluation report does, reading the written files); ``stop_at``: terminate the run after that iteration."""
+
+    def __init__(self, post: Recorder, stop_at: int | None = None) -> None:
+        self.post, self.stop_at = post, stop_at
+        self.seen: tuple[list[str], list[str]] | None = None
+
+    def attach(self, engine: VolumeEvaluator) -> None:
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+        if self.stop_at is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=self.stop_at), lambda e: e.terminate())
+
+    def completed(self, engine: VolumeEvaluator) -> None:
+        self.seen = (sorted(self.post.sums), list(engine.state.failures))
+
+
+@pytest.mark.parametrize("stop_at", [None, 3])
+def test_the_handlers_at_completion_see_every_case_done_and_every_failure(stop_at):
+    post = Recorder(broken="case_1.nii.gz", delay=0.05)
+    handler = AtCompletion(post, stop_at)
+    evaluate(post, True, val_handlers=[handler])
+    done = ["case_0.nii.gz", "case_2.nii.gz", "case_3.nii.gz", "case_4.nii.gz"][: 2 if stop_at else 4]
+    assert handler.seen == (done, ["case_1.nii.gz: disk full"])
+
+
+def test_the_engine_keeps_the_network_outputs():
+    def replace(data: dict) -> dict:
+        return {**data, "pred": torch.zeros(1)}
+
+    outputs = []
+    network, loader = nn.Conv2d(1, 2, 1).eval(), DataLoader(cases(2), batch_size=1)
+    evaluator = VolumeEvaluator("cpu", loader, network, postprocessing=replace, background_postprocessing=True)
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output[0]["pred"].shape))
+    evaluator.run()
+    assert outputs == [torch.Size([2, 4, 4])] * 2
+
+
+def test_background_postprocessing_must_be_a_bool():
+    with pytest.raises(TypeError, match="background_postprocessing must be True or False, got 'false'"):
+        VolumeEvaluator("cpu", DataLoader(cases(1)), nn.Identity(), background_postprocessing="false")
 
 
 class FakeEngine:

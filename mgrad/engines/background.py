@@ -17,11 +17,11 @@ class BackgroundPostprocessing:
 
     Inline, a volume's postprocessing (undoing the resampling, the argmax, compressing and writing the NIfTI) holds up
     the next volume's inference (about 35 ms an ACDC volume on a 2-core CPU, where an H200's network pass took about
-    20 ms of the 55 ms each volume took end to end). Here each iteration's decollated
-    batch and output are handed to the worker when the model completes; at most ``max_pending`` iterations wait for
-    it (their outputs, on the engine's device, are kept until then), so a fast network does not pile up volumes in
-    memory. The worker's torch operations release the GIL as the main thread's do, so the two overlap on a GPU and
-    on a CPU with cores to spare.
+    20 ms of the 55 ms each volume took end to end). Here each iteration's decollated batch and output items are
+    handed to the worker when the model completes; at most ``max_pending`` items (volumes) wait for it (their
+    outputs, on the engine's device, are kept until then), so a fast network does not pile up volumes in memory. The
+    worker's torch operations release the GIL as the main thread's do, so the two overlap on a GPU and on a CPU with
+    cores to spare.
 
     A failing postprocessing is reported through ``on_failure(batch item, exception)``, as an inline one would be
     (a :class:`mgrad.engines.VolumeEvaluator` records the case and goes on). :meth:`wait` returns once everything
@@ -31,7 +31,7 @@ class BackgroundPostprocessing:
     Args:
         transform: the postprocessing, as a workflow's ``postprocessing`` (applied to each decollated item).
         on_failure: called in the engine's thread with the item (``(batch, output)`` of one volume) and the error.
-        max_pending: iterations handed to the worker and not yet done, at most.
+        max_pending: items (volumes) handed to the worker and not yet done, at most.
 
     Example::
 
@@ -56,15 +56,17 @@ class BackgroundPostprocessing:
         engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self.submit)
 
     def submit(self, engine: Workflow) -> None:
-        """Hand the iteration's decollated items to the worker; wait first while ``max_pending`` are queued."""
+        """Hand the iteration's decollated items to the worker, each once fewer than ``max_pending`` wait; the
+        worker gets copies of the items' dicts, so ``engine.state`` keeps the network's outputs."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocessing")
-        while len(self._pending) >= self.max_pending:
-            self._finish_oldest()
         batch, output = engine.state.batch, engine.state.output
         items = list(zip(batch, output)) if isinstance(batch, list) and isinstance(output, list) else [(batch, output)]
         for item in items:
-            self._pending.append((item, self._executor.submit(engine_apply_transform, *item, self.transform)))
+            while len(self._pending) >= self.max_pending:
+                self._finish_oldest()
+            copies = tuple(dict(part) if isinstance(part, dict) else part for part in item)
+            self._pending.append((item, self._executor.submit(engine_apply_transform, *copies, self.transform)))
 
     def wait(self) -> None:
         """Return once every item handed to the worker is postprocessed (failures reported)."""

@@ -71,7 +71,8 @@ class VolumeEvaluator(SupervisedEvaluator):
         background_postprocessing: postprocess each volume (``postprocessing``: inversion, writing) in a worker
             thread while the next one is inferred (:class:`mgrad.engines.background.BackgroundPostprocessing`, at
             most ``max_pending`` volumes waiting); ``run`` returns once all are done. For inference: handlers and
-            metrics then see the network's outputs, not the postprocessed ones. Needs ``decollate=True``.
+            metrics then see the network's outputs, not the postprocessed ones. Needs ``decollate=True``; a bool
+            (``TypeError`` otherwise: a command line's ``"false"`` would read as true).
         max_pending: volumes waiting for the background postprocessing, at most.
 
     Example::
@@ -84,6 +85,8 @@ class VolumeEvaluator(SupervisedEvaluator):
     def __init__(
         self, *args: Any, background_postprocessing: bool = False, max_pending: int = 2, **kwargs: Any
     ) -> None:
+        if not isinstance(background_postprocessing, bool):  # "false" from a command line would read as true
+            raise TypeError(f"background_postprocessing must be True or False, got {background_postprocessing!r}.")
         self.background: BackgroundPostprocessing | None = None
         if background_postprocessing and kwargs.get("postprocessing") is not None:
             if not kwargs.get("decollate", True):
@@ -93,7 +96,8 @@ class VolumeEvaluator(SupervisedEvaluator):
         self.add_event_handler(Events.STARTED, self._reset_failures)
         if self.background is not None:
             self.background.attach(self)
-            self.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.background.wait())
+            for event in (Events.EPOCH_COMPLETED, Events.TERMINATE):  # before COMPLETED's handlers read the results
+                self.add_event_handler(event, lambda _: self.background.wait())
         self.add_event_handler(Events.COMPLETED, self._log_failures)
 
     def run(self, global_epoch: int = 1) -> None:
