@@ -41,6 +41,7 @@ BROKEN = {  # case name -> (file that is broken, words the problem line must hol
     "nan": ("img", "NaN"),
     "flat": ("img", "2D image"),
     "truncated": ("img", "cannot be read"),
+    "channels": ("img", "2 channels of shape (16, 16, 6)"),
 }
 
 
@@ -62,6 +63,7 @@ def broken_dataset(tmp_path: Path) -> Path:
     items.append(_case(tmp_path, "truncated"))
     data = (tmp_path / "truncated_img.nii.gz").read_bytes()
     (tmp_path / "truncated_img.nii.gz").write_bytes(data[: len(data) // 2])
+    items.append(_case(tmp_path, "channels", image=np.zeros((16, 16, 6, 2), np.float32)))  # a 4D file
     meta = {"labels": {"0": "background", "1": "a", "2": "b"}, "training": items[:5], "validation": items[5:]}
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
     return tmp_path
@@ -77,7 +79,7 @@ def test_check_data_reports_every_problem_at_once(broken_dataset):
     for name in ("shape", "affine"):  # a problem of the pair names the image too
         line = next(line for line in problems if line.startswith(str(broken_dataset / f"{name}_lab.nii.gz")))
         assert str(broken_dataset / f"{name}_img.nii.gz") in line, line
-    assert report["cases"] == 9 and report["broken"] == len(BROKEN)
+    assert report["cases"] == 10 and report["broken"] == len(BROKEN)
 
 
 def test_check_data_command_on_real_ct_with_one_broken_case_of_each_kind(totalseg_dir, tmp_path):

@@ -44,19 +44,22 @@ def _load(key: str, path: str) -> tuple[Any, str | None]:
         return None, problem.split(": ", 1)[1] if problem.startswith(f"{path}: ") else problem
 
 
-def check_data(path: str, dataset: str | None = None, num_classes: int | None = None) -> dict[str, Any]:
+def check_data(
+    path: str, dataset: str | None = None, num_classes: int | None = None, in_channels: int | None = 1
+) -> dict[str, Any]:
     """Validate every case of a decathlon-style ``dataset.json`` (or folder holding one), or of a dataset folder of
     layout ``dataset`` (see :func:`mgrad.data.get_datalist`).
 
-    Checks each file is present and readable, finite, a 3D volume (2D slice files are accepted as training items of
-    slice datasets), label values integer and in ``0..num_classes-1`` (or in the dataset's label map), and image/label
-    shapes and affines equal. Each problem line starts with the file to fix; a problem of the pair (shape, affine)
-    starts with the label and names the image too.
+    Checks each file is present and readable, finite, a 3D volume of ``in_channels`` channels (2D slice files are
+    accepted as training items of slice datasets), label values integer and in ``0..num_classes-1`` (or in the
+    dataset's label map), and image/label shapes and affines equal. Each problem line starts with the file to fix; a
+    problem of the pair (shape, affine) starts with the label and names the image too.
 
     Args:
         path: a ``dataset.json``, a folder holding one, or a dataset folder (with ``dataset``).
         dataset: the dataset layout (a key of :data:`mgrad.data.DATASETS`); ``None``: decathlon ``dataset.json``.
         num_classes: the number of classes, background included (default: the dataset's).
+        in_channels: the image channels the network takes (``None``: any).
 
     Returns:
         ``{"path", "cases": number checked, "broken": number of broken cases, "splits": {split: items},
@@ -90,7 +93,9 @@ def check_data(path: str, dataset: str | None = None, num_classes: int | None = 
                     loaded[k], problem = _load(k, item[k])
                     if problem:
                         unreadable[str(item[k])] = [problem]
-            found = case_problems(loaded.get("image"), loaded.get("label"), num_classes, info.label_map, require_volume)
+            found = case_problems(
+                loaded.get("image"), loaded.get("label"), num_classes, info.label_map, require_volume, in_channels
+            )
             for file, lines in {**found, **unreadable}.items():
                 problems.append(f"{file}: {'; '.join(lines)}")
             if found or unreadable:

@@ -17,10 +17,16 @@ def filename(x: torch.Tensor, default: str = "<array>") -> str:
     return str(x.meta.get("filename_or_obj", default)) if isinstance(x, MetaTensor) else default
 
 
-def image_problems(image: torch.Tensor, require_volume: bool = True) -> list[str]:
-    """Dimensionality of a channel-first ``(C, H, W, D)`` image and finiteness of its values."""
+def image_problems(image: torch.Tensor, require_volume: bool = True, channels: int | None = 1) -> list[str]:
+    """Dimensionality and channel count (``None``: any) of a channel-first ``(C, H, W, D)`` image and finiteness of
+    its values."""
     problems = []
     shape = tuple(image.shape[1:])
+    if channels is not None and image.shape[0] != channels:
+        problems.append(
+            f"{image.shape[0]} channels of shape {shape} (a 4D file: a time series or several images?), expected "
+            f"{channels}"
+        )
     if len(shape) != 3:
         problems.append(f"{len(shape)}D image of shape {shape}, expected a 3D volume (H, W, D)")
     elif require_volume and shape[-1] == 1:
@@ -75,12 +81,13 @@ def case_problems(
     num_classes: int | None = None,
     label_map: Mapping[int, int] | None = None,
     require_volume: bool = True,
+    channels: int | None = 1,
 ) -> dict[str, list[str]]:
     """All problems of one case, keyed by file; image/label pair checks are reported under the label file and name
-    the image file too."""
+    the image file too. ``channels`` is the number of image channels the network takes (``None``: any)."""
     problems: dict[str, list[str]] = {}
     if image is not None:
-        problems[filename(image, "<image>")] = image_problems(image, require_volume)
+        problems[filename(image, "<image>")] = image_problems(image, require_volume, channels)
     if label is not None:
         found = label_problems(label, num_classes, label_map)
         if image is not None:
