@@ -25,6 +25,7 @@ from monai.data.folder_layout import default_name_formatter
 from mgrad import metrics
 from mgrad.bundle import config_names, default_bundle_root, load_workflow
 from mgrad.data.loading import load_pair
+from mgrad.data.volumes import check_unique_names
 from mgrad.errors import unknown_options
 from mgrad.visualize import overlay_figure
 
@@ -181,7 +182,9 @@ class SegmentationReport:
     """Handler of the bundle's evaluation: when the evaluator completes, scores the prediction it wrote for each
     item of ``datalist`` against the item's label and writes the report (:func:`score_pairs`).
 
-    A case the evaluator could not segment is reported with the evaluator's message. The summary is kept in
+    Items whose predictions would overwrite each other are refused on construction, before anything is written
+    (:func:`mgrad.data.volumes.check_unique_names`). A case the evaluator could not segment is reported with the
+    evaluator's message. The summary is kept in
     ``summary`` and in ``engine.state.metric_details["report"]``.
 
     Args:
@@ -207,6 +210,7 @@ class SegmentationReport:
         output_dir: str | os.PathLike | None = None,
         figures: bool = True,
     ) -> None:
+        check_unique_names(datalist, "the datalist to evaluate")
         self.datalist, self.layout = datalist, prediction_layout
         self.num_classes, self.class_names, self.label_map = num_classes, class_names, label_map
         self.protocol, self.output_dir, self.figures = protocol, output_dir, figures

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from data_fixtures import write_h5
+from monai.data import FolderLayout
 
 from mgrad.data import (
     DATASETS,
@@ -15,7 +16,9 @@ from mgrad.data import (
     MissingSplitError,
     dataset_info,
     get_datalist,
+    volume_datalist,
 )
+from mgrad.evaluation import SegmentationReport
 
 
 def test_synapse_raw_btcv_split(tmp_path):
@@ -125,3 +128,28 @@ def test_decathlon_info_from_json(synthetic_dir):
     info = dataset_info("decathlon", str(synthetic_dir))
     assert info.num_classes == 9 and info.class_names == DATASETS["synthetic"].class_names
     assert info.intensity == "ct"
+
+
+def test_inputs_whose_predictions_would_share_a_name_are_refused(tmp_path):
+    """Predictions are named after the input's file name, so two inputs of one name would overwrite each other's."""
+    for folder in ("p1", "p2", "flat"):
+        (tmp_path / folder).mkdir()
+    for name in ("p1/ct.nii.gz", "p2/ct.nii.gz", "flat/case.nii", "flat/case.nii.gz", "flat/other.nrrd"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "dataset.json").write_text(json.dumps({"test": ["p1/ct.nii.gz", "p2/ct.nii.gz"]}))
+    with pytest.raises(DataError) as exc:
+        volume_datalist(tmp_path)
+    message = str(exc.value)
+    assert message.startswith(str(tmp_path / "dataset.json")) and "would write the same prediction ('ct')" in message
+    assert str(tmp_path / "p1" / "ct.nii.gz") in message and str(tmp_path / "p2" / "ct.nii.gz") in message
+    with pytest.raises(DataError, match=r"case.nii and .*case.nii.gz would write the same prediction \('case'\)"):
+        volume_datalist(tmp_path / "flat")
+    (tmp_path / "flat" / "case.nii").unlink()
+    assert [item["image"] for item in volume_datalist(tmp_path / "flat")] == [
+        str(tmp_path / "flat" / "case.nii.gz"),
+        str(tmp_path / "flat" / "other.nrrd"),
+    ]
+    items = [{"image": str(tmp_path / f"p{k}" / "ct.nii.gz"), "label": "unused"} for k in (1, 2)]
+    with pytest.raises(DataError, match="would write the same prediction"):  # before the evaluator writes anything
+        SegmentationReport(items, FolderLayout(str(tmp_path / "out"), "seg", ".nii.gz"), num_classes=2)
+    assert not (tmp_path / "out").exists()

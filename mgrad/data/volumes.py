@@ -1,7 +1,10 @@
 """``volume_datalist``: the volumes to segment, from a folder of files or a datalist."""
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from monai.data.utils import create_file_basename
 
 from mgrad.data.dicom import is_dicom_series
 from mgrad.data.errors import DataError
@@ -16,7 +19,8 @@ def volume_datalist(path: str | Path) -> list[dict[str, str]]:
 
     A datalist is a decathlon-style ``.json`` file, or a folder holding one as ``dataset.json``; its ``test`` list
     (or else ``validation``, else ``training``) is used, whose entries are file names or ``{"image": ...}`` dicts,
-    relative to the json's folder. Raises :class:`DataError` naming ``path`` where it is missing or holds no volume.
+    relative to the json's folder. Raises :class:`DataError` naming ``path`` where it is missing, holds no volume, or
+    holds volumes whose predictions would overwrite each other (see :func:`check_unique_names`).
     """
     path = Path(path)
     if not path.exists():
@@ -48,4 +52,29 @@ def volume_datalist(path: str | Path) -> list[dict[str, str]]:
         raise DataError(
             f"{path}: no volumes found (expected {', '.join(VOLUME_SUFFIXES)} files, DICOM series or a datalist)"
         )
+    check_unique_names(items, path)
     return items
+
+
+def check_unique_names(items: Sequence[Mapping[str, str]], source: str | Path) -> None:
+    """Raise :class:`DataError` naming ``source`` and the inputs where two items' images share a file name without
+    its extension (``p1/ct.nii.gz`` and ``p2/ct.nii.gz``, ``case.nii`` and ``case.nii.gz``): the predictions are
+    named after it (MONAI's ``FolderLayout``), so they would overwrite each other in one output folder.
+
+    Example:
+        >>> check_unique_names([{"image": "a/ct.nii.gz"}, {"image": "b/ct.nii.gz"}], "list.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mgrad.data.errors.DataError: list.json: a/ct.nii.gz and b/ct.nii.gz would write the same prediction ('ct'); ...
+    """
+    images: dict[str, list[str]] = {}
+    for item in items:
+        name = create_file_basename("", str(item["image"]), "", separate_folder=False, makedirs=False)
+        images.setdefault(name, []).append(str(item["image"]))
+    clashes = [
+        f"{' and '.join(files)} would write the same prediction ('{name}')"
+        for name, files in images.items()
+        if len(files) > 1
+    ]
+    if clashes:
+        raise DataError(f"{source}: {'; '.join(clashes)}; give each volume its own file name")
