@@ -153,3 +153,14 @@ def test_inputs_whose_predictions_would_share_a_name_are_refused(tmp_path):
     with pytest.raises(DataError, match="would write the same prediction"):  # before the evaluator writes anything
         SegmentationReport(items, FolderLayout(str(tmp_path / "out"), "seg", ".nii.gz"), num_classes=2)
     assert not (tmp_path / "out").exists()
+
+
+def test_decathlon_info_names_a_missing_or_unreadable_dataset_json(tmp_path):
+    """The decathlon layout's classes come from its dataset.json: a folder without one (a folder of volumes to
+    segment given with ``--dataset decathlon``) is named, not left to fail as a network without classes."""
+    with pytest.raises(DataError, match=f"{tmp_path / 'dataset.json'}: dataset.json not found"):
+        dataset_info("decathlon", str(tmp_path))
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(DataError, match="dataset.json: not a readable JSON file"):
+        dataset_info("decathlon", str(tmp_path))
+    assert dataset_info("decathlon").num_classes is None  # no folder given: the registry's entry

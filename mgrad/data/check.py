@@ -76,7 +76,11 @@ def check_data(
     if dataset is None and root.is_dir() and not (root / "dataset.json").is_file():
         report["problems"].append(f"{root}: no dataset.json here; pass --dataset NAME for a dataset folder")
         return report
-    info = dataset_info(dataset or "decathlon", str(root))
+    try:
+        info = dataset_info(dataset or "decathlon", str(root))
+    except DataError as e:
+        report["problems"].append(str(e))
+        return report
     num_classes = num_classes or info.num_classes
     lists, problems = _datalists(root, dataset) if root.exists() else ({}, [f"{root}: not found"])
     seen, broken = set(), set()

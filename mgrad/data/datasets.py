@@ -6,14 +6,13 @@ the two ways in.
 """
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mgrad.data.acdc import acdc_datalist, acdc_h5_datalist
 from mgrad.data.classes import ACDC_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES
-from mgrad.data.datalist import SPLITS, decathlon_datalist, decathlon_json, synthetic_datalist
+from mgrad.data.datalist import SPLITS, decathlon_datalist, read_decathlon_json, synthetic_datalist
 from mgrad.data.errors import DataError
 from mgrad.data.synapse import synapse_datalist, synapse_transunet_datalist
 
@@ -98,16 +97,16 @@ def dataset_info(dataset: str, dataset_dir: str | None = None) -> DatasetSpec:
 
     Raises:
         ValueError: for an unknown dataset.
+        DataError: for ``decathlon`` with a ``dataset_dir`` whose ``dataset.json`` is missing or unreadable.
 
     Example:
         >>> dataset_info("acdc").class_names
         ('rv', 'myo', 'lv')
     """
     spec = _spec(dataset)
-    path = decathlon_json(dataset_dir) if dataset == "decathlon" and dataset_dir else None
-    if path is None or not path.is_file():
+    if dataset != "decathlon" or not dataset_dir:
         return spec
-    meta = json.loads(path.read_text())
+    meta = read_decathlon_json(dataset_dir)
     labels = {int(k): v for k, v in meta.get("labels", {}).items()}
     changes: dict[str, Any] = {}
     if labels:
