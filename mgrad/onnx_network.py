@@ -17,6 +17,8 @@ from mgrad.writers import atomic_path
 __all__ = ["ONNX_INPUT", "ONNX_OUTPUT", "OnnxNetwork", "export_onnx"]
 
 ONNX_INPUT, ONNX_OUTPUT = "image", "pred"
+# metadata of an exported network that takes only spatial sizes that are multiples of a number (``size_multiple``)
+SIZE_MULTIPLE_KEY = "spatial_size_multiple"
 # batch and both in-plane sizes are free; a network with n stages still needs sizes that are multiples of 2**(n-1)
 DYNAMIC_AXES = {name: {0: "batch", 2: "height", 3: "width"} for name in (ONNX_INPUT, ONNX_OUTPUT)}
 
@@ -36,6 +38,8 @@ def export_onnx(
     The model takes ``image`` ``(B, in_channels, H, W)`` float32 and returns ``pred`` ``(B, out_channels, H, W)``,
     with B, H and W dynamic. It is traced at ``(2, in_channels, spatial_size, spatial_size)``, then onnxruntime's
     output on that input is compared with PyTorch's (``rtol``, ``atol``; ``AssertionError`` when it differs).
+    A network's ``size_multiple`` (:class:`~mgrad.networks.MGRADUNet`'s) is kept in the model's metadata, so that
+    :class:`OnnxNetwork` rejects the sizes the network rejects (the exported graph itself runs on any size).
     ``dynamo=False`` uses the TorchScript-based exporter (several times faster to export); ``True`` the
     ``torch.export``-based one, the default of ``torch.onnx.export`` since torch 2.9. Needs ``onnx`` and
     ``onnxruntime`` (``pip install mgrad[onnx]``).
@@ -63,7 +67,7 @@ def export_onnx(
     example = torch.rand(2, in_channels, spatial_size, spatial_size)
     network = copy.deepcopy(network).to("cpu").eval()  # the caller's network keeps its device and mode
     with atomic_path(filepath) as tmp:
-        convert_to_onnx(
+        model = convert_to_onnx(
             network,
             [example],
             input_names=[ONNX_INPUT],
@@ -79,6 +83,11 @@ def export_onnx(
             use_trace=True,
             dynamo=dynamo,
         )
+        multiple = getattr(network, "size_multiple", None)
+        if isinstance(multiple, int):
+            entry = model.metadata_props.add()
+            entry.key, entry.value = SIZE_MULTIPLE_KEY, str(multiple)
+            optional_import("onnx")[0].save(model, str(tmp))
     return Path(filepath)
 
 
@@ -87,7 +96,8 @@ class OnnxNetwork(nn.Module):
 
     ``forward(x)`` takes ``(B, C, H, W)`` on any device and returns the model's first output as a float32 tensor on
     ``x``'s device, so MONAI inferers (``SliceInferer``, ``SlidingWindowInferer``) and evaluators use it in place of
-    the PyTorch network. It has no parameters and no gradient; ``train()``/``eval()`` change nothing.
+    the PyTorch network. It has no parameters and no gradient; ``train()``/``eval()`` change nothing. A model
+    written by :func:`export_onnx` from a network with ``size_multiple`` raises ``ValueError`` for other sizes.
 
     Args:
         path: the ``.onnx`` file.
@@ -113,8 +123,15 @@ class OnnxNetwork(nn.Module):
         self.path = str(path)
         self.session = ort.InferenceSession(self.path, providers=list(providers))
         self.input_name = self.session.get_inputs()[0].name
+        multiple = self.session.get_modelmeta().custom_metadata_map.get(SIZE_MULTIPLE_KEY)
+        self.size_multiple = int(multiple) if multiple is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.size_multiple is not None and any(size % self.size_multiple for size in x.shape[2:]):
+            raise ValueError(
+                f"ONNX model {self.path} needs every spatial size to be a multiple of {self.size_multiple}, got "
+                f"spatial size {list(x.shape[2:])}; resize or pad the input."
+            )
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         out = self.session.run(None, {self.input_name: array})[0]
         return torch.from_numpy(out).to(x.device)

@@ -222,6 +222,24 @@ def test_mgrad_loss_custom_loss_and_errors():
         MGRADLoss(deep_supervision="deep")
 
 
+def test_mgrad_loss_names_a_wrong_output_and_too_few_side_weights():
+    out, target = fake_output(), torch.randint(0, 3, (2, 1, 16, 16))
+    with pytest.raises(ValueError, match="train-mode output .* got a list of 2 items"):
+        MGRADLoss()([out.pred1, out.pred2], target)
+    seven = fake_output(n_side=7)
+    # DeepSupervisionLoss would silently weigh all seven 1.0 instead of the default 0.7
+    with pytest.raises(ValueError, match="side_weights holds 5 weights for 7 side predictions"):
+        MGRADLoss(deep_supervision="weighted")(seven, target)
+    sup = hand_dice_ce(seven.pred1, target) + hand_dice_ce(seven.pred2, target)
+    expected = sup + 0.7 * sum(hand_dice_ce(s, target) for s in seven.side_preds)
+    loss = MGRADLoss(deep_supervision="weighted", side_weights=(0.7,) * 7)
+    assert loss(seven, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    three = fake_output(n_side=3)  # the first weights serve a network of fewer stages
+    expected = hand_dice_ce(three.pred1, target) + hand_dice_ce(three.pred2, target)
+    expected = expected + 0.7 * sum(hand_dice_ce(s, target) for s in three.side_preds)
+    assert MGRADLoss(deep_supervision="weighted")(three, target).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def released_dice_ce(logits, target):
     """The released loss: 0.3 * CE + 0.7 * mean over classes of 1 - (2 sum p t + 1e-5) / (sum p^2 + sum t^2 + 1e-5)."""
     ce = F.cross_entropy(logits, target[:, 0])

@@ -141,6 +141,29 @@ def test_bad_sizes_raise_clear_errors():
         MGRADUNet(2, 1, 2, features=(8,))
 
 
+def test_wrong_channels_and_feedback_raise_clear_errors():
+    net = small_net()
+    x = torch.rand(2, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"in_channels=1\) got an input of 3 channels"):
+        net(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="spatial_dims 1, 2 or 3, got 4"):
+        MGRADUNet(4, 1, 2, **SMALL)
+    feedback = net.feedback_from(net(x))
+    # wrong batch, channels or size would broadcast or fail deep inside the network
+    for wrong in ([f[:1] for f in feedback], [f[:, :1] for f in feedback], feedback):
+        size = 64 if wrong is feedback else 32
+        with pytest.raises(ValueError, match=r"feedback map 0 has shape \[\d, \d, 32, 32\], expected \[2, 8, "):
+            net(torch.rand(2, 1, size, size), wrong)
+    with pytest.raises(ValueError, match="feedback must be a list of tensors.*got Tensor"):
+        net(x, feedback[0])
+    with pytest.raises(ValueError, match="train-mode output.*got Tensor"):
+        net.feedback_from(net.eval()(x))
+    scripted = torch.jit.script(net.train())  # the checks compile and raise the same errors in TorchScript
+    with pytest.raises(Exception, match="feedback map 1 has shape"):
+        scripted(x, [feedback[0], feedback[1][:1], feedback[2]])
+    assert net.train()(x, tuple(feedback)).pred1.shape == (2, 3, 32, 32)
+
+
 def feedback_effect(net: MGRADUNet, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """``net(x, feedback) - net(x, 0)`` of both decoders in train mode (both passes with feedback, as training's
     second), the feedback from a first pass, in float64; under CPU autocast in ``dtype`` where given."""

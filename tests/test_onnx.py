@@ -12,7 +12,8 @@ from bundle_fixtures import TINY, cli_args, run_cli
 pytest.importorskip("onnxruntime", reason="the ONNX checks need onnx and onnxruntime (pip install mgrad[onnx])")
 
 from mgrad.model_export import export_model, load_bundle_network  # noqa: E402
-from mgrad.onnx_network import OnnxNetwork  # noqa: E402
+from mgrad.networks import MGRADUNet  # noqa: E402
+from mgrad.onnx_network import OnnxNetwork, export_onnx  # noqa: E402
 
 # the converter arguments documented in bundle/docs/README.md for monai.bundle onnx_export
 DYNAMIC = {name: {0: "batch", 2: "height", 3: "width"} for name in ("image", "pred")}
@@ -29,6 +30,20 @@ def assert_matches_pytorch(onnx_path: Path, network: torch.nn.Module) -> None:
         out = session(x)
         assert out.shape == expected.shape == (shape[0], 9, *shape[2:])
         assert (out - expected).abs().max().item() < 1e-3
+
+
+def test_exported_model_rejects_the_sizes_the_network_rejects(tmp_path):
+    torch.manual_seed(0)
+    network = MGRADUNet(2, 1, 3, features=(4, 8, 16), rfb_channels=4).eval()
+    session = OnnxNetwork(export_onnx(network, tmp_path / "model.onnx", spatial_size=32))
+    x = torch.rand(2, 1, 16, 48)
+    with torch.no_grad():
+        assert (session(x) - network(x)).abs().max().item() < 1e-4
+    for size in [(34, 32), (42, 42)]:  # the graph alone would run on them, unlike the network
+        with pytest.raises(ValueError, match=rf"model.onnx needs every spatial size to be a multiple of 4.*{size[0]}"):
+            session(torch.rand(1, 1, *size))
+        with pytest.raises(ValueError, match="multiple of 4"):
+            network(torch.rand(1, 1, *size))
 
 
 def segment_one_volume(root: Path, image: Path, out: Path, extra_configs: list, **settings) -> nib.Nifti1Image:

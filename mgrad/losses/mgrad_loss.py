@@ -52,8 +52,9 @@ class MGRADLoss(_Loss):
         deep_supervision: ``"aggregated"`` (default; :class:`AggregatedLoss` over all non-empty subsets of the side
             predictions, as the released Synapse code, Table 1), ``"weighted"`` (the paper's weighted loss, eq.
             12-13, through ``monai.losses.DeepSupervisionLoss``) or ``"none"``.
-        side_weights: the weights ``w_i`` of ``"weighted"``; default 0.7 each (a variant in the released code). The
-            released ACDC scripts (Table 2) train with all weights 1.0: :meth:`table2`.
+        side_weights: the weights ``w_i`` of ``"weighted"``, at least one per side prediction (the first ones are
+            used; fewer raise ``ValueError``); default 0.7 each for the five of the default network (a variant in the
+            released code). The released ACDC scripts (Table 2) train with all weights 1.0: :meth:`table2`.
         weight_mode: ``DeepSupervisionLoss``'s weight mode where ``side_weights`` is ``None``.
         squared_pred: the Dice denominator of the default ``L`` (see :func:`default_segmentation_loss`; ``True`` is
             the released form); only without ``loss``.
@@ -83,12 +84,13 @@ class MGRADLoss(_Loss):
         if loss is not None and squared_pred:
             raise ValueError("squared_pred sets the default loss; give it to your own loss instead.")
         self.index_targets = loss is None
+        self.side_weights: list[float] | None = None
         self.loss = default_segmentation_loss(squared_pred) if loss is None else loss
         if deep_supervision == "aggregated":
             self.side_loss: _Loss | None = AggregatedLoss(self.loss)
         elif deep_supervision == "weighted":
-            weights = None if side_weights is None else list(side_weights)
-            self.side_loss = DeepSupervisionLoss(self.loss, weight_mode=weight_mode, weights=weights)
+            self.side_weights = None if side_weights is None else list(side_weights)
+            self.side_loss = DeepSupervisionLoss(self.loss, weight_mode=weight_mode, weights=self.side_weights)
         elif deep_supervision == "none":
             self.side_loss = None
         else:
@@ -108,13 +110,25 @@ class MGRADLoss(_Loss):
         return cls(deep_supervision="weighted", side_weights=SIDE_WEIGHTS_TABLE2, squared_pred=squared_pred)
 
     def forward(self, output: Sequence | Tensor, target: Tensor) -> Tensor:
+        if not isinstance(output, Tensor) and len(output) != 5:
+            raise ValueError(
+                "MGRADLoss takes the network's train-mode output (MGRADOutput: pred1, pred2, features1, features2, "
+                f"side_preds) or one tensor of logits, got a {type(output).__name__} of {len(output)} items."
+            )
         pred1 = output if isinstance(output, Tensor) else output[0]
         target = self._check_target(pred1, target)
         if isinstance(output, Tensor):
             return self.loss(output, target)
         total = self.loss(output[0], target) + self.loss(output[1], target)
         if self.side_loss is not None:
-            total = total + self.side_loss(list(output[4]), target)
+            side_preds = list(output[4])
+            if self.side_weights is not None and len(self.side_weights) < len(side_preds):
+                # DeepSupervisionLoss would silently fall back to weight_mode's weights
+                raise ValueError(
+                    f"side_weights holds {len(self.side_weights)} weights for {len(side_preds)} side predictions "
+                    "(one per encoder stage): give one weight per side prediction."
+                )
+            total = total + self.side_loss(side_preds, target)
         return total
 
     def _check_target(self, pred: Tensor, target: Tensor) -> Tensor:

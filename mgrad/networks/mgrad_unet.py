@@ -126,9 +126,13 @@ class MGRADUNet(nn.Module):
         feedback_precision: str = "full",
     ) -> None:
         super().__init__()
+        if spatial_dims not in (1, 2, 3):
+            raise ValueError(f"MGRADUNet takes spatial_dims 1, 2 or 3, got {spatial_dims}.")
         if len(features) < 2:
             raise ValueError(f"MGRADUNet needs at least 2 encoder stages, got features={tuple(features)}.")
         self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.rfb_channels = rfb_channels
         self.num_levels = len(features)
         self.size_multiple = 2 ** (self.num_levels - 1)
         self.feedback_scale = float(feedback_scale)
@@ -158,11 +162,16 @@ class MGRADUNet(nn.Module):
             use_feedback_precision(part)
 
     def check_input(self, x: Tensor, feedback: list[Tensor] | None) -> None:
-        """Raise ``ValueError`` for an input the network cannot take."""
+        """Raise ``ValueError`` for an input or a feedback the network cannot take."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"MGRADUNet(spatial_dims={self.spatial_dims}) expects input (B, C, {self.spatial_dims} spatial dims), "
                 f"got shape {list(x.shape)}."
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"MGRADUNet(in_channels={self.in_channels}) got an input of {x.shape[1]} channels, "
+                f"shape {list(x.shape)}."
             )
         for size in x.shape[2:]:
             if size % self.size_multiple != 0:
@@ -170,8 +179,19 @@ class MGRADUNet(nn.Module):
                     f"MGRADUNet needs every spatial size to be a multiple of {self.size_multiple} "
                     f"({self.num_levels} stages), got spatial size {list(x.shape[2:])}; resize or pad the input."
                 )
-        if feedback is not None and len(feedback) != self.num_levels:
+        if feedback is None:
+            return
+        if not torch.jit.is_scripting():
+            _check_feedback_type(feedback)
+        if len(feedback) != self.num_levels:
             raise ValueError(f"feedback must hold {self.num_levels} maps (one per level), got {len(feedback)}.")
+        for i, f in enumerate(feedback):
+            expected = [x.shape[0], self.rfb_channels] + [size >> i for size in x.shape[2:]]
+            if list(f.shape) != expected:
+                raise ValueError(
+                    f"feedback map {i} has shape {list(f.shape)}, expected {expected} for the input {list(x.shape)}: "
+                    "the feedback comes from the previous pass over the same batch (feedback_from)."
+                )
 
     def forward(self, x: Tensor, feedback: list[Tensor] | None = None) -> Tensor | MGRADOutput:
         """Encode ``x``, add the feedback (if any) to the RFB outputs and decode with both decoders.
@@ -250,7 +270,26 @@ class MGRADUNet(nn.Module):
             >>> out = net(x)
             >>> out = net(x, net.feedback_from(out))   # the second pass
         """
+        if not torch.jit.is_scripting():
+            _check_train_output(output)
         return [self.feedback_scale * (g - m).detach() for g, m in zip(output.features2, output.features1)]
+
+
+@torch.jit.unused
+def _check_feedback_type(feedback: Any) -> None:
+    if not isinstance(feedback, (list, tuple)) or not all(isinstance(f, Tensor) for f in feedback):
+        raise ValueError(
+            f"feedback must be a list of tensors, one per level (feedback_from), got {type(feedback).__name__}."
+        )
+
+
+@torch.jit.unused
+def _check_train_output(output: Any) -> None:
+    if not (hasattr(output, "features1") and hasattr(output, "features2")):
+        raise ValueError(
+            f"feedback_from takes the train-mode output of the network (an MGRADOutput), got {type(output).__name__}: "
+            "in eval mode the network returns the fused logits only."
+        )
 
 
 class KeepBatchNormStatistics:
