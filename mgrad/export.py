@@ -12,6 +12,7 @@ import mgrad
 from mgrad.bundle import STANDALONE_CONFIGS, default_bundle_root, standalone_config
 from mgrad.bundle_metadata import exported_metadata, large_files_yaml, md5sum
 from mgrad.errors import unknown_options
+from mgrad.model_settings import settings_path
 from mgrad.writers import atomic_path
 
 __all__ = ["export_bundle", "BUNDLE_NAME"]
@@ -33,6 +34,8 @@ def _bundle_files(bundle_root: Path, name: str, include_model: bool) -> Iterator
     model = bundle_root / "models" / "model.pt"
     if include_model and model.is_file():
         yield model, f"{name}/models/model.pt"
+        if settings_path(model).is_file():  # the classes and intensity the inference config reads
+            yield settings_path(model), f"{name}/models/{settings_path(model).name}"
     package = Path(mgrad.__file__).resolve().parent
     for f in sorted(package.rglob("*.py")):
         yield f, f"{name}/mgrad/{f.relative_to(package).as_posix()}"
@@ -73,11 +76,11 @@ def export_bundle(
 
     The zip holds ``configs/`` (with ``train.json`` and ``inference.json`` each merged with ``common.json``, so
     that MONAI Label and ``monai.bundle run --config_file configs/inference.json`` read them alone), ``docs/``,
-    ``LICENSE``, ``models/model.pt`` (when trained and ``include_model``)
-    and a copy of the ``mgrad`` package at its top level: ``monai.bundle run`` puts the bundle folder on
-    ``sys.path``, so the downloaded bundle imports mgrad from there where mgrad is not installed. The zip is written
-    to a temporary name and renamed. With ``pyproject.toml``/``setup.cfg`` beside the package, ``pip install <bundle
-    folder>`` installs it too.
+    ``LICENSE``, ``models/model.pt`` (when trained and ``include_model``; with ``models/model.json``, the settings
+    it was trained with) and a copy of the ``mgrad`` package at its top level: ``monai.bundle run`` puts the bundle
+    folder on ``sys.path``, so the downloaded bundle imports mgrad from there where mgrad is not installed. The zip
+    is written to a temporary name and renamed. With ``pyproject.toml``/``setup.cfg`` beside the package, ``pip
+    install <bundle folder>`` installs it too.
 
     ``configs/metadata.json`` is rewritten for the export: ``required_packages_version`` lists the installed PyPI
     packages mgrad needs (mgrad itself travels in the zip, as ``mgrad_installation`` says), and, with a model,

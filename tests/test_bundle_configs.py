@@ -11,6 +11,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from mgrad.bundle import STANDALONE_CONFIGS, check_overrides, standalone_config
 from mgrad.errors import UnknownOptionError
+from mgrad.model_settings import write_model_settings
 from mgrad.transforms import train_transforms, volume_transforms
 
 LAYERS = [  # configs merged in order after common.json, and MONAI's workflow type
@@ -147,3 +148,21 @@ def test_loading_workers_follow_the_device_in_use(name, device, workers):
     parser.read_config(config_files(REPO / "bundle", name))
     parser["device"] = device
     assert parser.get_parsed_content("num_workers") == workers
+
+
+def inference_settings(models: Path, **overrides) -> dict:
+    """The ids that the inference config takes from a model's settings, parsed with ``models/model.pt``."""
+    parser = ConfigParser(ConfigParser.load_config_files(config_files(REPO / "bundle", "inference")))
+    parser.update({"ckpt_path": str(models / "model.pt"), **overrides})
+    return {key: parser.get_parsed_content(key) for key in ("preset", "in_channels", "num_classes", "intensity")}
+
+
+def test_inference_takes_the_settings_the_model_was_trained_with(tmp_path):
+    defaults = inference_settings(tmp_path)  # no model.json: the default (synthetic CT) dataset's settings
+    assert defaults == {"preset": "small", "in_channels": 1, "num_classes": 9, "intensity": "ct"}
+    settings = {"preset": "paper", "in_channels": 1, "num_classes": 4, "intensity": "mri", "dataset": "decathlon"}
+    write_model_settings(tmp_path / "model.pt", {**settings, "class_names": ["rv", "myo", "lv"]})
+    assert inference_settings(tmp_path) == {key: settings[key] for key in defaults}
+    # the command line still decides
+    assert inference_settings(tmp_path, intensity="ct", preset="small")["intensity"] == "ct"
+    assert inference_settings(tmp_path, load_pretrain=False) == defaults  # random weights: nothing read

@@ -77,7 +77,8 @@ def test_export_download_and_infer(trained_bundle, phantom_dir, loopback_server,
     archive = Path(export_bundle(str(www / "mgrad_unet.zip"), bundle_root=str(trained_bundle)))
     names = zipfile.ZipFile(archive).namelist()
     assert all(n.startswith("mgrad_unet/") for n in names)
-    for part in ("configs/metadata.json", "configs/inference.json", "LICENSE", "models/model.pt", "mgrad/__init__.py"):
+    parts = ("configs/metadata.json", "configs/inference.json", "LICENSE", "models/model.pt", "models/model.json")
+    for part in (*parts, "mgrad/__init__.py"):
         assert f"mgrad_unet/{part}" in names
     assert not any(n.startswith(("mgrad_unet/data/", "mgrad_unet/eval/", "mgrad_unet/logs/")) for n in names)
     assert "mgrad_unet/models/checkpoint.pt" not in names

@@ -14,6 +14,8 @@ from bundle_fixtures import REPO, cli_args, config_arg, config_files, copy_bundl
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from mgrad.data import dataset_info
+
 
 def epoch_of(checkpoint: Path) -> int:
     """The number of epochs the trainer state in ``checkpoint`` had completed."""
@@ -77,6 +79,18 @@ def test_training_raises_validation_dice(trained_bundle, phantom_dir, fast):
     assert trained_foreground > untrained_foreground + 0.3, (untrained_foreground, trained_foreground)
     assert trained_mean > untrained_mean + 0.03, (untrained_mean, trained_mean)
     assert list((trained_bundle / "logs").glob("events.out.tfevents.*"))
+
+
+def test_the_best_model_is_saved_with_the_settings_inference_needs(trained_bundle, phantom_dir):
+    info = dataset_info("synthetic", str(phantom_dir))
+    assert json.loads((trained_bundle / "models" / "model.json").read_text()) == {
+        "preset": "small",
+        "in_channels": 1,
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "intensity": info.intensity,
+        "dataset": "synthetic",
+    }
 
 
 @pytest.mark.parametrize("run_id", ["training", None])

@@ -1,13 +1,16 @@
 """Checkpoint handlers: atomic saving, resuming an interrupted run, loading trained weights with clear errors."""
 
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
+
+from mgrad.model_settings import write_model_settings
 
 __all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "KeyMetricState", "ModelLoader", "ResumeCheckpointLoader"]
 
@@ -16,15 +19,21 @@ class AtomicDiskSaver(DiskSaver):
     """ignite's ``DiskSaver`` writing to a temporary file and renaming it, optionally under one fixed file name.
 
     A fixed name is replaced in one step by the next save, so ``remove`` leaves it alone: there is never a moment
-    without a complete checkpoint on disk.
+    without a complete checkpoint on disk. With ``settings``, each save first writes them (atomically too) as the
+    checkpoint's settings file (:func:`mgrad.model_settings.write_model_settings`: ``model.json`` beside
+    ``model.pt``).
     """
 
-    def __init__(self, dirname: str, filename: Optional[str] = None) -> None:
+    def __init__(self, dirname: str, filename: str | None = None, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(dirname=dirname, atomic=True, require_empty=False, create_dir=True)
         self.filename = filename
+        self.settings = settings
 
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None) -> None:
-        super().__call__(checkpoint, self.filename or filename, metadata)
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        name = self.filename or filename
+        if self.settings is not None:
+            write_model_settings(os.path.join(self.dirname, name), self.settings)
+        super().__call__(checkpoint, name, metadata)
 
     def remove(self, filename: str) -> None:
         if self.filename is None:
@@ -36,25 +45,32 @@ class AtomicCheckpointSaver(MonaiCheckpointSaver):
 
     ``interval_filename`` gives the interval checkpoint one fixed name (e.g. ``checkpoint.pt``, for resuming)
     instead of one name per epoch; ``engine_key`` adds the engine it is attached to (its epoch and iteration) to
-    what is saved, under that key (a config cannot name the trainer inside the trainer's own handlers).
-    Every other argument is MONAI's.
+    what is saved, under that key (a config cannot name the trainer inside the trainer's own handlers);
+    ``key_metric_settings`` (e.g. the classes and intensity scaling the model was trained with, see
+    :mod:`mgrad.model_settings`) are written as JSON beside the key-metric file each time it is saved, just before
+    it (``model.json`` beside ``model.pt``). Every other argument is MONAI's.
     """
 
     def __init__(
-        self, *args: Any, interval_filename: Optional[str] = None, engine_key: Optional[str] = None, **kwargs: Any
+        self,
+        *args: Any,
+        interval_filename: str | None = None,
+        engine_key: str | None = None,
+        key_metric_settings: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
         self._key_metric_filename = kwargs.get("key_metric_filename")
         self._key_metric_negative_sign = bool(kwargs.get("key_metric_negative_sign", False))
         fixed_names = (
-            (self._final_checkpoint, self._final_filename),
-            (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
-            (self._interval_checkpoint, interval_filename),
+            (self._final_checkpoint, self._final_filename, None),
+            (self._key_metric_checkpoint, kwargs.get("key_metric_filename"), key_metric_settings),
+            (self._interval_checkpoint, interval_filename, None),
         )
-        for checkpoint, filename in fixed_names:
+        for checkpoint, filename, settings in fixed_names:
             if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename)
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename, settings)
 
     def attach(self, engine: Engine) -> None:
         if self.engine_key is not None:
@@ -108,7 +124,7 @@ class ResumeCheckpointLoader(CheckpointLoader):
     epoch.
     """
 
-    def __init__(self, *args: Any, engine_key: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, engine_key: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
         self._key_metric_filename = kwargs.get("key_metric_filename")

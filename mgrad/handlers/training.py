@@ -3,7 +3,6 @@
 import json
 import os
 import time
-from typing import Optional
 
 import ignite.distributed as idist
 import torch
@@ -21,7 +20,7 @@ class TimeBudget:
     so that the best checkpoint also considers the weights the run ended with.
     """
 
-    def __init__(self, seconds: Optional[float]) -> None:
+    def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self.start = 0.0
         self.spent = False
@@ -81,7 +80,7 @@ class TrainingHistory:
         metric_name: the validation metric to record.
     """
 
-    def __init__(self, output_dir: str, validator: Optional[Engine] = None, metric_name: str = "val_mean_dice") -> None:
+    def __init__(self, output_dir: str, validator: Engine | None = None, metric_name: str = "val_mean_dice") -> None:
         self.output_dir = output_dir
         self.validator = validator
         self.metric_name = metric_name
@@ -109,7 +108,7 @@ class TrainingHistory:
         # the device at the end of every iteration, instead of queueing the next one
         self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
 
-    def _validated_metric(self, engine: Engine) -> Optional[float]:
+    def _validated_metric(self, engine: Engine) -> float | None:
         if self.validator is None or self.validator.state.epoch != engine.state.epoch:
             return None
         value = self.validator.state.metrics.get(self.metric_name)
