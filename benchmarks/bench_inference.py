@@ -1,7 +1,7 @@
 """Whole-volume inference speed and memory: a 224x224 volume of ``--slices`` slices (150 by default) through
 ``mgrad.inferers.VolumeSliceInferer`` (MONAI's SliceInferer over the last axis), fast path against plain fp32.
 
-    python benchmarks/bench_inference.py [--slices 150 --size 224 --sw-batch-size 1 --compile [--compile-mode M]]
+    python benchmarks/bench_inference.py [--slices 150 --size 224 --sw-batch-size 1 --fused --compile --compile-mode M]
 
 Networks, all in eval mode with random weights (seed 0), in_channels 1, out_channels 9: the full-size MGRAD-UNet
 (widths 64..1024, RFB 64), and as baselines MONAI's ``BasicUNet`` (default features) and ``UNet`` (channels
@@ -9,7 +9,9 @@ Networks, all in eval mode with random weights (seed 0), in_channels 1, out_chan
 fresh process, under ``torch.inference_mode``: the network is warmed up on a 2-slice volume, then the whole volume is
 timed once. "plain" is ``VolumeSliceInferer(fast=False)`` (fp32); "fast" is the path ``fast=None`` picks on this
 machine (folded batch norms and channels-last; under bfloat16 autocast on CPUs with AMX and AMD CPUs with
-AVX512-BF16, "fast fp32" on other CPUs; float16 autocast + cuDNN autotuning on CUDA); with ``--compile``, "compiled"
+AVX512-BF16, "fast fp32" on other CPUs; float16 autocast + cuDNN autotuning on CUDA); with ``--fused``, "fused" is
+the fast path with each convolution and its ReLU as one cuDNN call (``VolumeSliceInferer(fuse_activations=True)``;
+the same operations off CUDA); with ``--compile``, "compiled"
 is the fast path compiled (``VolumeSliceInferer(compile=True)``, ``torch.compile``'s ``--compile-mode``), its
 compilation paid in the warm-up ("warm-up s"). "vs mgrad plain" is the speed-up over the MGRAD-UNet plain row of the
 same run; "peak MiB" is the process's peak resident memory during the timed volume above its memory before (network
@@ -84,7 +86,7 @@ def calibrate(network, volume, slices_per_pass: int = 8, passes: int = 3) -> Non
     network.eval()
 
 
-PATHS = ("plain", "fast", "compiled")
+PATHS = ("plain", "fast", "fused", "compiled")
 
 
 def run_row(
@@ -112,7 +114,7 @@ def run_row(
     network.eval()
     inferer = VolumeSliceInferer(
         roi_size=(size, size), sw_batch_size=sw_batch_size, fast=False if path == "plain" else None,
-        compile=path == "compiled", compile_options={"mode": compile_mode},
+        fuse_activations=path == "fused", compile=path == "compiled", compile_options={"mode": compile_mode},
     )  # fmt: skip
     used_fast = inferer.uses_fast_path(device)
     low_precision = inferer.uses_low_precision(device)
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--sw-batch-size", type=int, default=1, help="slices per network call")
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
     parser.add_argument("--calibrate", action="store_true", help="also the MGRAD-UNet rows with calibrated BN")
+    parser.add_argument("--fused", action="store_true", help="also the fast path with cuDNN's fused conv and ReLU")
     parser.add_argument("--compile", action="store_true", help="also the compiled fast path of each network")
     parser.add_argument("--compile-mode", default=None, help="torch.compile's mode for --compile (default: None)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -166,7 +169,11 @@ def main() -> None:
         f"{args.sw_batch_size}), torch.inference_mode, {'trained' if args.checkpoint else 'random'} weights; "
         "each row in a fresh process"
     )
-    paths = PATHS if args.compile else PATHS[:2]
+    paths = [
+        p
+        for p in PATHS
+        if p in ("plain", "fast") or (p == "fused" and args.fused) or (p == "compiled" and args.compile)
+    ]
     rows = [(n, path, False) for path in paths for n in args.networks]
     if args.calibrate and "MGRADUNet" in args.networks:
         rows += [("MGRADUNet", path, True) for path in paths]

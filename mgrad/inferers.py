@@ -6,6 +6,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.inferers import SliceInferer
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
@@ -14,7 +15,14 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mgrad.hardware import cpuinfo_field
 
-__all__ = ["VolumeSliceInferer", "cudnn_autotuning", "fast_path_available", "fold_batch_norms"]
+__all__ = [
+    "ConvReLU",
+    "VolumeSliceInferer",
+    "cudnn_autotuning",
+    "fast_path_available",
+    "fold_batch_norms",
+    "fuse_conv_relu",
+]
 
 
 def fast_path_available(device: torch.device) -> bool:
@@ -57,6 +65,66 @@ def fold_batch_norms(network: nn.Module) -> nn.Module:
     return folded
 
 
+class ConvReLU(nn.Module):
+    """``relu(conv(x))`` of a convolution with its bias (a folded batch norm's), as one cuDNN call on CUDA.
+
+    PyTorch's cuDNN convolution leaves the bias to a separate addition, and the ReLU is another pass over the output:
+    in the float16 fast path on an H200 these two took about 6 of the 20.2 ms of GPU time per batch of 12 full-size
+    slices, about as much as the convolutions themselves (4.4 ms). ``torch.cudnn_convolution_relu`` is cuDNN's fused
+    convolution, bias and activation. On CUDA it computes in the input's dtype, or autocast's where autocast is on
+    (the weights cast once per dtype and kept); elsewhere it is the convolution and ``F.relu``, as the modules it
+    replaces.
+
+    Args:
+        conv: the convolution (not transposed, zero padding given as numbers).
+    """
+
+    def __init__(self, conv: nn.modules.conv._ConvNd) -> None:
+        super().__init__()
+        self.conv = conv
+        self._cast: dict[torch.dtype, tuple[Tensor, Tensor | None]] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self.conv
+        if not (x.is_cuda and torch.backends.cudnn.enabled):
+            return F.relu(conv(x))
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        if dtype not in self._cast:
+            bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+            self._cast[dtype] = (conv.weight.detach().to(dtype), bias)
+        weight, bias = self._cast[dtype]
+        return torch.cudnn_convolution_relu(
+            x.to(dtype), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups
+        )
+
+
+def fuse_conv_relu(network: nn.Module) -> nn.Module:
+    """Replace, in place, each MONAI :class:`~monai.networks.blocks.Convolution` of ``network`` that is a convolution
+    followed by a ReLU alone (its norm folded away by :func:`fold_batch_norms`, no dropout) by a :class:`ConvReLU`.
+    For the folded eval-mode copy of the fast path (``VolumeSliceInferer(fuse_activations=True)``); the function is
+    the same, the parameters move into the new modules.
+
+    Returns:
+        ``network``.
+    """
+    for name, module in list(network.named_modules()):
+        if not isinstance(module, Convolution) or not name or not isinstance(getattr(module, "adn", None), nn.Module):
+            continue
+        conv = module.conv
+        rest = [m for m in module.adn.children() if not isinstance(m, nn.Identity)]
+        if (
+            isinstance(conv, nn.modules.conv._ConvNd)
+            and not conv.transposed
+            and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+            and len(rest) == 1
+            and type(rest[0]) is nn.ReLU
+        ):
+            parent, _, child = name.rpartition(".")
+            setattr(network.get_submodule(parent), child, ConvReLU(conv))
+    return network
+
+
 @contextmanager
 def cudnn_autotuning(active: bool = True) -> Iterator[None]:
     """Within: cuDNN autotunes its convolutions (where ``active``, and not in cuDNN's deterministic mode); on exit
@@ -84,6 +152,10 @@ class VolumeSliceInferer(SliceInferer):
     there, with the same labels); ``True`` forces it with low precision (bfloat16 on any CPU, emulated and slow
     where not native), ``False`` runs the network as it is, in float32.
 
+    ``fuse_activations=True`` also runs each convolution followed by a ReLU of the folded copy as one cuDNN call on
+    CUDA (:class:`ConvReLU`; the same operations elsewhere). Off by default until timed on a GPU
+    (``benchmarks/bench_inference.py --fused``, a part of the GPU check).
+
     ``compile=True`` also compiles the folded copy with ``torch.compile`` (static shapes: every batch of slices is
     padded to ``sw_batch_size`` on any device, so it compiles once for each precision; on CPU with
     Inductor's ``freezing``, which treats the folded weights as constants and prepacks them for oneDNN). The first
@@ -98,6 +170,7 @@ class VolumeSliceInferer(SliceInferer):
             low precision; ``False``: the plain float32 path.
         low_precision: overrides where the fast path runs under autocast (``False``: folded and channels-last in
             float32 on any device; ``None``: as ``fast`` says).
+        fuse_activations: fuse each convolution with its ReLU in the fast path (see above).
         compile: compile the fast path's network (see above); no effect with ``fast=False``.
         compile_options: ``torch.compile``'s keyword arguments (``mode``, ``backend``, ``fullgraph``, ...).
         kwargs: ``SliceInferer``'s other arguments (``sw_batch_size``, ``overlap``, ``mode``, ...).
@@ -121,6 +194,7 @@ class VolumeSliceInferer(SliceInferer):
         spatial_dim: int = 2,
         fast: bool | None = None,
         low_precision: bool | None = None,
+        fuse_activations: bool = False,
         compile: bool = False,
         compile_options: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -128,6 +202,7 @@ class VolumeSliceInferer(SliceInferer):
         super().__init__(spatial_dim=spatial_dim, roi_size=roi_size, **kwargs)
         self.fast = fast
         self.low_precision = low_precision
+        self.fuse_activations = fuse_activations
         self.compile = compile
         self.compile_options = dict(compile_options or {})
         self._folded: tuple[int, tuple[int, ...], nn.Module] | None = None  # (id, weight versions, copy)
@@ -161,6 +236,8 @@ class VolumeSliceInferer(SliceInferer):
                     folded = fold_batch_norms(network)
                 except Exception:  # a module that deepcopy cannot copy: run the network as it is
                     folded = network
+                else:
+                    folded = fuse_conv_relu(folded) if self.fuse_activations else folded
                 folded = folded.to(memory_format=torch.channels_last)
             if self.compile:
                 folded = torch.compile(folded, dynamic=False, **self.compile_options)

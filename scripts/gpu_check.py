@@ -19,20 +19,20 @@ bundle's CUDA settings, ``cl+fused``, with float16 autocast, with every block ch
 float32 pass's activation memory), and with selective checkpointing (the 3x3 convolutions' outputs kept: about half of
 it, with less recomputed); the inexact modes' speed is in ``feedback``), ``compile`` (the bundle's settings with
 regional compilation, run twice: cold and from Inductor's cache; its cold warm-up took over 340 s on an H200, so this
-part needs a call of its own with ``--budget 560``; the iterations are logged as they end, and each graph's
-compilation, as in ``inference_compile``), ``loss`` (benchmarks/bench_loss.py: the aggregated loss, fused against
-MONAI's ``DiceCELoss`` on each subset, batch 12, 9 classes), ``reproduce`` (the paper preset on the packed ACDC data
-for ``--train-seconds``, evaluated under both test protocols), ``inference`` (benchmarks/bench_inference.py: per-slice
-speed at batch 12 and the label agreement with float32, on the trained weights where ``reproduce`` ran first, else
-random ones), ``inference_compile`` (the same with the compiled fast path too, its compilation timed as the warm-up),
-the end-to-end inference (after ``reproduce``: ``mgrad infer`` over five copies of the test volumes, timed as a process
-and as the inference engine's run: volumes per second with and without the start-up; then the same with each volume's
-inversion and writing inline instead of in a worker thread, ``infer_end_to_end_inline``), ``feedback``
-(benchmarks/bench_feedback_precision.py: the feedback's error against float64 and the training step of every precision
-mode, paper widths, batch 12, 224x224, channels-last), ``feedback_trained`` (the feedback's error of each precision
-mode on the trained weights and real slices, against float64), ``profile`` (benchmarks/profile_step.py: where the time
-of a training iteration and of an inference call goes, by operator, kernel and convolution, in ``DIR/profile/``).
-``compile``, ``loss`` and ``inference_compile`` run only when named.
+part needs a call of its own with ``--budget 560``; the iterations are logged as they end, and each graph's compilation,
+as in ``inference_compile``), ``loss`` (benchmarks/bench_loss.py: the aggregated loss, fused against MONAI's
+``DiceCELoss`` on each subset, batch 12, 9 classes), ``reproduce`` (the paper preset on the packed ACDC data for
+``--train-seconds``, evaluated under both test protocols), ``inference`` (benchmarks/bench_inference.py: per-slice speed
+at batch 12 and the label agreement with float32, plain, fast and fast with cuDNN's fused convolution and ReLU, on the
+trained weights where ``reproduce`` ran first, else random ones), ``inference_compile`` (the same with the compiled fast
+path too, its compilation timed as the warm-up), the end-to-end inference (after ``reproduce``: ``mgrad infer`` over
+five copies of the test volumes, timed as a process and as the inference engine's run: volumes per second with and
+without the start-up; then the same with each volume's inversion and writing inline instead of in a worker thread,
+``infer_end_to_end_inline``), ``feedback`` (benchmarks/bench_feedback_precision.py: the feedback's error against float64
+and the training step of every precision mode, paper widths, batch 12, 224x224, channels-last), ``feedback_trained``
+(the feedback's error of each precision mode on the trained weights and real slices, against float64), ``profile``
+(benchmarks/profile_step.py: where the time of a training iteration and of an inference call goes, by operator, kernel
+and convolution, in ``DIR/profile/``). ``compile``, ``loss`` and ``inference_compile`` run only when named.
 """
 
 import argparse
@@ -203,10 +203,10 @@ def main() -> None:
     weights = next(iter(sorted(runs.glob("**/model.pt"))), None)
     # the speed does not depend on the weights: trained ones (where reproduce ran) also give the label agreement
     inference = [py, "benchmarks/bench_inference.py", "--networks", "MGRADUNet", "--slices", "240", "--size", "224"]
-    inference += ["--sw-batch-size", "12"] + ([] if weights is None else ["--checkpoint", str(weights)])
+    inference += ["--sw-batch-size", "12", "--fused"] + ([] if weights is None else ["--checkpoint", str(weights)])
     trained = {"weights": "random" if weights is None else "trained"}
     if "inference" in args.parts:
-        bench_part("inference", inference, 120, **trained)
+        bench_part("inference", inference, 150, **trained)
     if "inference_compile" in args.parts:
         bench_part("inference_compile", inference + ["--compile"], 360, COMPILE_LOGS, **trained)
     if weights is not None and "reproduce" in args.parts:

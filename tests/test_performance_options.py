@@ -6,10 +6,19 @@ from collections import Counter
 
 import pytest
 import torch
+from monai.networks.blocks import Convolution
+from torch.nn import ReLU
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mgrad.engines import MGRADTrainer
-from mgrad.inferers import VolumeSliceInferer, cudnn_autotuning, fast_path_available
+from mgrad.inferers import (
+    ConvReLU,
+    VolumeSliceInferer,
+    cudnn_autotuning,
+    fast_path_available,
+    fold_batch_norms,
+    fuse_conv_relu,
+)
 from mgrad.losses import MGRADLoss
 from mgrad.networks import MGRADUNet, precision
 
@@ -273,3 +282,47 @@ def test_fast_inference_path_agrees_with_plain_path():
     assert [i.uses_fast_path(cpu) for i in (plain_inferer, forced, default, float32)] == [False, True, True, True]
     assert plain_inferer.uses_low_precision(cpu) is False and forced.uses_low_precision(cpu) is True
     assert default.uses_low_precision(cpu) == fast_path_available(cpu) and float32.uses_low_precision(cpu) is False
+
+
+def with_batch_norm_statistics(net: MGRADUNet) -> MGRADUNet:
+    """``net`` in eval mode with random running statistics, so that folding them changes every convolution."""
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return net.eval()
+
+
+def test_fused_convolutions_compute_the_folded_network():
+    """Each convolution followed by a ReLU alone becomes one ``ConvReLU`` (one cuDNN call on CUDA); the rest stays,
+    the parameters keep their names, and off CUDA it is the same arithmetic."""
+    net = with_batch_norm_statistics(small_net())
+    folded = fold_batch_norms(net)
+    fused = fuse_conv_relu(fold_batch_norms(net))
+    convolutions = [m for m in fused.modules() if isinstance(m, torch.nn.Conv2d)]
+    replaced = [m for m in fused.modules() if isinstance(m, ConvReLU)]
+    blocks = [m for m in net.modules() if isinstance(m, Convolution)]
+    with_relu = [m for m in blocks if type(getattr(getattr(m, "adn", None), "A", None)) is ReLU]
+    # every conv-norm-ReLU block: each encoder stage's first (3), all fifteen of each RFB (45), eleven of the decoders;
+    # not the encoder stages' second and residual convolutions, the decoders' last ones and the side heads
+    assert len(replaced) == len(with_relu) == 59 and len(convolutions) == 59 + 3 * 2 + 4 + 3
+    assert folded.state_dict().keys() == fused.state_dict().keys()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(fused(x), folded(x))
+        volume = torch.rand(1, 1, 32, 32, 5)
+        plain = VolumeSliceInferer((32, 32), low_precision=False)(volume, net)
+        fast = VolumeSliceInferer((32, 32), low_precision=False, fuse_activations=True)(volume, net)
+    assert torch.equal(plain, fast)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's fused convolution and ReLU needs CUDA")
+def test_fused_convolutions_on_cuda_give_the_labels_of_the_fast_path():
+    net = with_batch_norm_statistics(small_net()).cuda()
+    volume = torch.rand(1, 1, 32, 32, 24, device="cuda")
+    with torch.inference_mode():
+        fast = VolumeSliceInferer((32, 32), sw_batch_size=12)(volume, net)
+        fused = VolumeSliceInferer((32, 32), sw_batch_size=12, fuse_activations=True)(volume, net)
+    assert fused.dtype == torch.float32 and fused.shape == fast.shape
+    assert (fused.argmax(1) == fast.argmax(1)).float().mean().item() >= 0.999
