@@ -212,7 +212,8 @@ class MGRADUNet(nn.Module):
             >>> out = net(torch.rand(2, 1, 32, 32))
             >>> out.pred2.shape, [f.shape[-1] for f in out.features1]   # (2, 3, 32, 32), [32, 16, 8]
         """
-        self.check_input(x, feedback)
+        if not torch.jit.is_tracing():  # a traced graph (ONNX export) would hold the checks as constants, with warnings
+            self.check_input(x, feedback)
         if torch.jit.is_scripting():
             return self._forward(x, feedback)
         with feedback_free_pass(feedback is None):  # what computes in float32 differs (mgrad.networks.precision)
