@@ -271,15 +271,21 @@ def train(
 
 
 def checkpoint_paths(
-    ckpt_path: str | Sequence[str] | None, folds: int | None = None, bundle_root: str | Path | None = None
+    ckpt_path: str | Sequence[str] | None,
+    folds: int | None = None,
+    bundle_root: str | Path | None = None,
+    configs: str | Sequence[str] = (),
 ) -> str | list[str] | None:
     """The checkpoint(s) of an inference: ``ckpt_path`` as given (a list, or one string of comma-separated paths,
-    in brackets or not, gives an ensemble), or with ``folds`` the ``models/fold{k}/model.pt`` of each fold.
+    in brackets or not, gives an ensemble), or with ``folds`` the ``ckpt_path`` of each fold as the inference config
+    (with ``configs`` layered on it) defines it: ``models/fold{k}/model.pt``, ``models/basicunet/fold{k}/model.pt``
+    for the ``baseline_basicunet`` configs.
 
     Args:
         ckpt_path: one path, several, or ``None`` (the config's default).
         folds: the number of cross-validation folds whose models form the ensemble; not together with ``ckpt_path``.
-        bundle_root: the bundle folder holding ``models/``; default :func:`default_bundle_root`.
+        bundle_root: the bundle folder holding ``configs/`` and ``models/``; default :func:`default_bundle_root`.
+        configs: the bundle configs layered on the inference config (they may keep their models elsewhere).
 
     Returns:
         one path, a list of paths, or ``None``.
@@ -290,8 +296,8 @@ def checkpoint_paths(
     Example:
         >>> checkpoint_paths("a.pt,b.pt"), checkpoint_paths("[a.pt,b.pt]")
         (['a.pt', 'b.pt'], ['a.pt', 'b.pt'])
-        >>> checkpoint_paths(None, folds=2, bundle_root="b")
-        ['b/models/fold0/model.pt', 'b/models/fold1/model.pt']
+        >>> checkpoint_paths(None, folds=2, bundle_root="bundle", configs="baseline_basicunet")  # doctest: +SKIP
+        ['bundle/models/basicunet/fold0/model.pt', 'bundle/models/basicunet/fold1/model.pt']
     """
     if folds is not None:
         if ckpt_path is not None:
@@ -299,7 +305,13 @@ def checkpoint_paths(
         if int(folds) < 1:
             raise ValueError(f"--folds must be at least 1, got {folds}")
         root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
-        return [str(root / "models" / f"fold{k}" / "model.pt") for k in range(int(folds))]
+        parser = merged_config(["inference", *config_names(configs)], root)
+        parser.update({"bundle_root": str(root), "folds": int(folds)})
+        paths = []
+        for k in range(int(folds)):
+            parser["fold"] = k
+            paths.append(str(parser.get_parsed_content("ckpt_path", lazy=False)))
+        return paths
     if isinstance(ckpt_path, str):
         text = ckpt_path.strip()
         text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
@@ -342,7 +354,7 @@ def infer(
     Raises:
         mgrad.engines.CaseFailures: after the run, where some volumes failed (the others are still written).
     """
-    ckpt_path = checkpoint_paths(ckpt_path, folds, bundle_root)
+    ckpt_path = checkpoint_paths(ckpt_path, folds, bundle_root, configs)
     if ckpt_path is not None:
         overrides["ckpt_path"] = ckpt_path
     workflow = run_config(

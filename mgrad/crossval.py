@@ -43,7 +43,9 @@ def cross_validation(fold_summaries: Sequence[Mapping[str, Any]]) -> dict[str, A
                 c: {m: _value(v) for m, v in result[name].items()} for c, name in enumerate(names, 1) if name in result
             }
         errors.update({f"fold{k}/{case}": message for case, message in summary.get("errors", {}).items()})
-    return {"folds": folds, "pooled": metrics.summarize(cases, names, fold_summaries[0]["protocol"], errors)}
+    first = fold_summaries[0]
+    pooled = metrics.summarize(cases, names, first["protocol"], errors, metrics.distance_unit(first))
+    return {"folds": folds, "pooled": pooled}
 
 
 def _value(v: Any) -> Any:

@@ -77,27 +77,31 @@ def score_pairs(
         errors: ``{case: message}`` of cases known to have failed before scoring.
 
     Returns:
-        the summary of :func:`mgrad.metrics.summarize`, plus ``files``: the pair scored for each case.
+        the summary of :func:`mgrad.metrics.summarize`, plus ``files``: the pair scored for each case. Its
+        ``distance_unit`` is ``"vox"`` under the ``transunet`` protocol and where no label file stores its spacing
+        (``.h5``, ``.npz``), else ``"mm"``.
     """
     if class_names is not None and len(class_names) == num_classes:
         class_names = list(class_names)[1:]
     names = list(class_names) if class_names else [str(c) for c in range(1, num_classes)]
     cases: dict[str, Any] = {}
     errors = dict(errors or {})
+    in_mm = False  # whether any label file stored its spacing: distances in mm, else in voxels
     for case, files in pairs.items():
         if case in errors:
             continue
         try:
             pair = load_pair(files["pred"], files["label"], label_map, files.get("image"))
-            cases[case] = metrics.case_metrics(
-                _on_gpu(pair.pred), _on_gpu(pair.label), num_classes, pair.spacing, protocol
-            )
+            spacing = pair.spacing if pair.spacing_known else None
+            cases[case] = metrics.case_metrics(_on_gpu(pair.pred), _on_gpu(pair.label), num_classes, spacing, protocol)
+            in_mm = in_mm or pair.spacing_known
             if output_dir is not None and figures and pair.image is not None:
                 path = Path(output_dir) / "figures" / f"{case}.png"
                 overlay_figure(pair.image, pair.label, pair.pred, path, names, f"{case}: ground truth and prediction")
         except Exception as e:  # noqa: BLE001 - one bad case is reported, the others are scored
             errors[case] = str(e)
-    summary = metrics.summarize(cases, class_names, protocol, dict(sorted(errors.items())))
+    unit = "mm" if in_mm and protocol != "transunet" else "vox"
+    summary = metrics.summarize(cases, class_names, protocol, dict(sorted(errors.items())), unit)
     summary["files"] = {case: {k: str(v) for k, v in files.items()} for case, files in pairs.items()}
     if output_dir is not None:
         metrics.write_report(summary, output_dir)

@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mgrad.data.classes import ACDC_CLASSES, SYNAPSE_CLASSES
+from mgrad.metrics import distance_unit
 
 __all__ = ["PAPER_ROWS", "PROTOCOL_TITLES", "measured_row", "format_markdown"]
 
@@ -36,7 +37,8 @@ PAPER_ROWS: dict[str, dict[str, Any]] = {
     },
 }
 
-PROTOCOL_TITLES = {"transunet": "published (HD95 in voxels)", "default": "MONAI (HD95 in mm)"}
+PROTOCOL_TITLES = {"transunet": "published", "default": "MONAI"}
+UNIT_NAMES = {"vox": "voxels", "mm": "mm"}
 
 
 def _percent(value: float | None) -> float | None:
@@ -45,12 +47,14 @@ def _percent(value: float | None) -> float | None:
 
 def measured_row(model: str, summary: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     """A table row from an evaluation summary (``mgrad.metrics.summarize``): Dice and IoU in percent, HD95 in the
-    protocol's unit (voxels for ``transunet``, mm for ``default``); ``extra`` (epochs, times, hardware) is added."""
+    summary's ``distance_unit`` (voxels for ``transunet`` and for files without a spacing, else mm); ``extra``
+    (epochs, times, hardware) is added."""
     hd95 = summary["mean"]["hd95"]
     return {
         "model": model,
         "source": "measured",
         "protocol": summary["protocol"],
+        "distance_unit": distance_unit(summary),
         "mean_dice": _percent(summary["mean_dice"]),
         "hd95": None if hd95 is None or math.isnan(hd95) else round(hd95, 2),
         "mean_iou": _percent(summary["mean"]["iou"]),
@@ -82,9 +86,10 @@ def format_markdown(
     head += ["Epochs", "Training time", "Hardware"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        unit = " vox" if row["protocol"] == "transunet" else " mm"
-        cells = [row["model"], row["source"], PROTOCOL_TITLES[row["protocol"]], _cell(row["mean_dice"])]
-        cells += [_cell(row["hd95"], unit), _cell(row.get("mean_iou"))]
+        unit = distance_unit(row)
+        protocol = f"{PROTOCOL_TITLES[row['protocol']]} (HD95 in {UNIT_NAMES[unit]})"
+        cells = [row["model"], row["source"], protocol, _cell(row["mean_dice"])]
+        cells += [_cell(row["hd95"], f" {unit}"), _cell(row.get("mean_iou"))]
         cells += [_cell(row["dice"].get(name)) for name in class_names]
         cells += [_cell(row.get("epochs")), _duration(row.get("train_seconds")), row.get("hardware") or "–"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

@@ -28,7 +28,7 @@ BASELINES: dict[str, tuple[str, list[str]]] = {"basicunet": ("BasicUNet (MONAI)"
 PROTOCOLS = ("transunet", "default")
 EVAL_CONFIGS = ["inference", "evaluate"]
 # settings that change what is trained: a rerun into the same output_dir must keep them
-_RUN_KEYS = ("table", "dataset", "dataset_dir", "preset", "epochs", "seed", "baselines", "overrides")
+_RUN_KEYS = ("table", "dataset", "dataset_dir", "preset", "epochs", "time_budget", "seed", "baselines", "overrides")
 
 
 def detect_layout(table: str, dataset_dir: str) -> str:
@@ -200,10 +200,18 @@ def reproduce(
     models += [_Row(out, name, BASELINES[name][0], BASELINES[name][1], root, settings) for name in names]
     counts = _check_splits(dataset, dataset_dir, synapse)
     run = {"table": table, "dataset": dataset, "dataset_dir": str(Path(dataset_dir).resolve()), "preset": preset,
-           "epochs": epochs, "seed": seed, "baselines": names, "overrides": overrides}  # fmt: skip
-    saved = _read_json(out / "run.json")
-    if saved is not None and {k: saved.get(k) for k in _RUN_KEYS} != json.loads(json.dumps(run)):
-        raise ValueError(f"{out} holds a run with other settings ({out / 'run.json'}); choose another --output_dir")
+           "epochs": epochs, "time_budget": time_budget, "seed": seed, "baselines": names,
+           "overrides": overrides}  # fmt: skip
+    saved, wanted = _read_json(out / "run.json"), json.loads(json.dumps(run))
+    # a setting the saved run did not record (a run.json of an earlier version) is not held against it
+    changed = [
+        f"{k} {saved[k]!r} there, {wanted[k]!r} now" for k in _RUN_KEYS if k in (saved or {}) and saved[k] != wanted[k]
+    ]
+    if changed:
+        raise ValueError(
+            f"{out} holds a run with other settings ({out / 'run.json'}: {'; '.join(changed)}); "
+            "choose another --output_dir"
+        )
     write_json(out / "run.json", run)
 
     hardware = machine_summary(device)
@@ -247,7 +255,7 @@ def reproduce(
         "are skipped in the means.",
     ]
     markdown = format_markdown(TABLE_TITLES[table], class_names, rows, notes)
-    result = {**run, "time_budget": time_budget, "hardware": hardware, "splits": counts, "rows": rows,
+    result = {**run, "hardware": hardware, "splits": counts, "rows": rows,
               "notes": notes, "markdown": markdown}  # fmt: skip
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(markdown)

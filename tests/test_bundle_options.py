@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from bundle_fixtures import TINY, cli_args, copy_bundle, run_cli
 
+from mgrad.bundle import checkpoint_paths
 from mgrad.networks import MGRADUNet
 from mgrad.postprocess import apply_rules, load_rules
 
@@ -93,6 +94,14 @@ def test_two_folds_their_ensemble_and_the_cross_validation_table(phantom_dir, tm
     rows = [line.split() for line in stdout.splitlines() if re.match(r"\s+[01]\s+\d", line)]
     assert [row[0] for row in rows] == ["0", "1"] and sum(int(row[1]) for row in rows) == 5
     assert "all held-out cases pooled:" in stdout and (root / "eval" / "postprocessing.json").is_file()
+
+
+def test_fold_ensemble_checkpoints_follow_the_configs_model_folders(tmp_path):
+    root = copy_bundle(tmp_path / "bundle")
+    assert checkpoint_paths(None, folds=2, bundle_root=root) == [f"{root}/models/fold{k}/model.pt" for k in (0, 1)]
+    # the baseline keeps its folds in its own folder, where `train --configs baseline_basicunet --folds` put them
+    baseline = checkpoint_paths(None, folds=2, bundle_root=root, configs="baseline_basicunet")
+    assert baseline == [f"{root}/models/basicunet/fold{k}/model.pt" for k in (0, 1)]
 
 
 def test_fine_tune_a_nine_class_checkpoint_to_four_classes(phantom_dir, tmp_path):

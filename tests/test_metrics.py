@@ -274,3 +274,34 @@ def test_evaluate_folders_label_map_and_file_lists(tmp_path):
         [tmp_path / "c1_pred.nii.gz"], [tmp_path / "c1_gt.nii.gz"], 3, ["aorta", "gallbladder"], label_map={8: 1, 4: 2}
     )
     assert summary["errors"] == {} and summary["mean_dice"] == 1.0
+
+
+def test_files_without_spacing_are_scored_and_labelled_in_voxels(tmp_path):
+    import h5py
+
+    from mgrad.evaluation import score_pairs
+
+    label = np.zeros((6, 24, 20), np.uint8)  # h5 layout (Z, H, W), like the SSL4MIS volumes
+    label[1:5, 4:12, 4:12], label[1:5, 14:20, 10:16] = 1, 2
+    pred = np.roll(label, 2, axis=1)
+    for kind, array in (("pred", pred), ("label", label)):
+        with h5py.File(tmp_path / f"c1_{kind}.h5", "w") as f:
+            f["label"] = array
+    pairs = {"c1": {"pred": tmp_path / "c1_pred.h5", "label": tmp_path / "c1_label.h5"}}
+    summary = score_pairs(pairs, 3, ["rv", "myo"], output_dir=tmp_path / "o")
+    assert summary["errors"] == {} and summary["distance_unit"] == "vox"
+    assert summary["mean"]["hd95"] == pytest.approx(summary["mean"]["hd95_vox"]) and summary["mean"]["hd95"] > 0
+    printed = format_table(summary)
+    assert "HD95 (vox)" in printed and "ASD (vox)" in printed and "(mm)" not in printed
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["distance_unit"] == "vox"
+    # a NIfTI label stores its spacing: millimetres
+    save_nifti(tmp_path / "c2_gt.nii.gz", np.moveaxis(label, 0, -1))
+    save_nifti(tmp_path / "c2_seg.nii.gz", np.moveaxis(pred, 0, -1))
+    nifti = evaluate_folders([tmp_path / "c2_seg.nii.gz"], [tmp_path / "c2_gt.nii.gz"], 3, ["rv", "myo"])
+    assert nifti["distance_unit"] == "mm" and "HD95 (mm)" in format_table(nifti)
+    assert (
+        evaluate_folders(
+            [tmp_path / "c2_seg.nii.gz"], [tmp_path / "c2_gt.nii.gz"], 3, ["rv", "myo"], protocol="transunet"
+        )["distance_unit"]
+        == "vox"
+    )

@@ -40,7 +40,9 @@ def test_reproduce_writes_the_table(tiny_acdc, tmp_path, one_thread):
         markdown == result["markdown"]
         and "| MGRAD-UNet | paper, Table 2 | published (HD95 in voxels) | 92.13" in markdown
     )
-    assert "MONAI (HD95 in mm)" in markdown and "validation split (1 volumes)" in markdown
+    # h5 files store no spacing: the MONAI protocol's HD95 is in voxels too, and the table says so
+    assert measured[1]["distance_unit"] == "vox" and "mm" not in markdown.split("\n- ")[0]
+    assert "| MONAI (HD95 in voxels) |" in markdown and "validation split (1 volumes)" in markdown
     assert "optimistic" in markdown
     assert json.loads((out / "table.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
@@ -50,6 +52,9 @@ def test_reproduce_writes_the_table(tiny_acdc, tmp_path, one_thread):
     assert (out / "mgrad_unet" / "models" / "model.pt").stat().st_mtime == mtime
     with pytest.raises(ValueError, match="other settings"):
         reproduce("acdc", str(tiny_acdc), **{**args, "epochs": 2})
+    # another budget would leave the table claiming it for models trained with the first one
+    with pytest.raises(ValueError, match="time_budget None there, 60 now"):
+        reproduce("acdc", str(tiny_acdc), **{**args, "time_budget": 60})
 
 
 def test_layout_detection_and_errors(tmp_path):

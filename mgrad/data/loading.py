@@ -14,7 +14,7 @@ from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
 
 from mgrad.data.errors import DataError, read_error
-from mgrad.data.readers import image_readers
+from mgrad.data.readers import carries_spacing, image_readers
 
 __all__ = ["GRID_ATOL", "Pair", "affine_difference", "load_file", "load_pair", "load_ras", "relabel", "volume_loader"]
 
@@ -96,13 +96,15 @@ def relabel(label: np.ndarray, label_map: Mapping[int, int] | None) -> np.ndarra
 
 
 class Pair(NamedTuple):
-    """A prediction and its label on one RAS grid: ``(H, W, D)`` int64 arrays, the label's spacing in mm, and the
-    image ``(H, W, D)`` float32 where it was loaded (else ``None``)."""
+    """A prediction and its label on one RAS grid: ``(H, W, D)`` int64 arrays, the label's spacing in mm, the
+    image ``(H, W, D)`` float32 where it was loaded (else ``None``), and whether the label's file stores its spacing
+    (``.h5`` and ``.npz`` files do not: their spacing reads as 1 and their distances are in voxels)."""
 
     pred: np.ndarray
     label: np.ndarray
     spacing: tuple[float, ...]
     image: np.ndarray | None
+    spacing_known: bool = True
 
 
 def load_pair(pred: Any, label: Any, label_map: Mapping[int, int] | None = None, image: Any = None) -> Pair:
@@ -139,4 +141,5 @@ def load_pair(pred: Any, label: Any, label_map: Mapping[int, int] | None = None,
     spacing = tuple(float(s) for s in np.linalg.norm(g.affine.numpy()[:3, :3], axis=0))
     label_array = relabel(g.numpy()[0].round().astype(np.int64), label_map)
     image_array = load_ras(image, "image").numpy()[0] if image is not None else None
-    return Pair(p.numpy()[0].round().astype(np.int64), label_array, spacing, image_array)
+    pred_array = p.numpy()[0].round().astype(np.int64)
+    return Pair(pred_array, label_array, spacing, image_array, carries_spacing(label))

@@ -86,6 +86,17 @@ class NpzReader(_ArrayFileReader):
             return np.asarray(f[self.key])
 
 
+def carries_spacing(path: PathLike) -> bool:
+    """Whether the file stores its voxel size: not so for the array files (``.npz``, ``.h5``), read with an identity
+    affine, whose distances are therefore in voxels.
+
+    Example:
+        >>> carries_spacing("patient002_frame01.h5"), carries_spacing("case.nii.gz")
+        (False, True)
+    """
+    return not is_supported_format(str(path), (*NpzReader.suffixes, *H5Reader.suffixes))
+
+
 def image_readers(key: str = "image") -> list[ImageReader]:
     """mgrad's readers to register with MONAI's ``LoadImage``/``LoadImaged`` (``register``) for the dict key ``key``:
     DICOM series folders (:class:`~mgrad.data.dicom.DicomSeriesReader`) and the array ``key`` of ``.npz``/``.h5``

@@ -34,6 +34,6 @@ Modules: :mod:`mgrad.metrics.surface` (the kernels), :mod:`mgrad.metrics.case` (
 """
 
 from mgrad.metrics.case import METRICS, PROTOCOLS, case_metrics
-from mgrad.metrics.report import format_table, summarize, write_report
+from mgrad.metrics.report import distance_unit, format_table, summarize, write_report
 
-__all__ = ["METRICS", "PROTOCOLS", "case_metrics", "format_table", "summarize", "write_report"]
+__all__ = ["METRICS", "PROTOCOLS", "case_metrics", "distance_unit", "format_table", "summarize", "write_report"]

@@ -19,6 +19,7 @@ def summarize(
     class_names: Sequence[str] | None = None,
     protocol: str = "default",
     errors: Mapping[str, str] | None = None,
+    distance_unit: str | None = None,
 ) -> dict[str, Any]:
     """Means per class (NaN skipped) and overall (mean of the class means), with empty-case counts.
 
@@ -27,11 +28,13 @@ def summarize(
         class_names: names of classes ``1, 2, ...`` (default ``class_1, ...``).
         protocol: the protocol the cases were scored with.
         errors: ``{case: message}`` of cases that could not be scored.
+        distance_unit: the unit of ``hd95`` and ``asd``: ``"mm"`` or ``"vox"`` (scored without a spacing); default
+            ``"vox"`` for the ``transunet`` protocol, else ``"mm"``.
 
     Returns:
-        ``{"protocol", "class_names", "num_cases", "mean_dice", "mean": {metric: value}, "per_class": {name:
-        {metric: mean, n_cases, n_gt_empty, n_pred_empty, n_both_empty}}, "cases": {case: {name: record}},
-        "errors"}``.
+        ``{"protocol", "distance_unit", "class_names", "num_cases", "mean_dice", "mean": {metric: value},
+        "per_class": {name: {metric: mean, n_cases, n_gt_empty, n_pred_empty, n_both_empty}}, "cases": {case:
+        {name: record}}, "errors"}``.
 
     Example:
         >>> summarize({"a": {1: {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "hd95_vox": 0.0, "asd": 0.0, "asd_vox": 0.0,
@@ -55,8 +58,13 @@ def summarize(
             n_both_empty=sum(bool(r["gt_empty"] and r["pred_empty"]) for r in records),
         )
     mean = {m: _mean([per_class[name][m] for name in names]) for m in METRICS}
+    if distance_unit is None:
+        distance_unit = "vox" if protocol == "transunet" else "mm"
+    if distance_unit not in ("mm", "vox"):
+        raise ValueError(f"distance_unit must be 'mm' or 'vox', got {distance_unit!r}")
     return {
         "protocol": protocol,
+        "distance_unit": distance_unit,
         "class_names": names,
         "num_cases": len(cases),
         "mean_dice": mean["dice"],
@@ -129,7 +137,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
         case that could not be scored.
     """
     names = summary["class_names"]
-    voxels = summary["protocol"] == "transunet"
+    voxels = distance_unit(summary) == "vox"
     rows = [("Dice %", "dice", 100), ("HD95 (vox)" if voxels else "HD95 (mm)", "hd95", 1)]
     rows += [] if voxels else [("HD95 (vox)", "hd95_vox", 1)]
     rows += [("IoU %", "iou", 100), ("ASD (vox)" if voxels else "ASD (mm)", "asd", 1)]
@@ -141,7 +149,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
         cells = [f"{values[key] * factor:.2f}".rjust(w) for (_, values), w in zip(columns, widths)]
         lines.append(" ".join([label.ljust(head)] + cells))
     lines.append(f"protocol: {summary['protocol']}, cases: {summary['num_cases']}")
-    if not voxels:
+    if summary["protocol"] != "transunet":
         for kind in ("gt_empty", "pred_empty", "both_empty"):
             counts = {name: summary["per_class"][name][f"n_{kind}"] for name in names}
             if any(counts.values()):
@@ -150,3 +158,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
                 )
     lines += [f"ERROR {case}: {message}" for case, message in summary["errors"].items()]
     return "\n".join(lines)
+
+
+def distance_unit(summary: Mapping[str, Any]) -> str:
+    """The unit of a summary's HD95 and ASD, ``"mm"`` or ``"vox"`` (a summary written before it was recorded: by its
+    protocol)."""
+    return summary.get("distance_unit") or ("vox" if summary["protocol"] == "transunet" else "mm")
