@@ -23,6 +23,7 @@ __all__ = [
     "check_overrides",
     "checkpoint_paths",
     "config_names",
+    "config_value",
     "default_bundle_root",
     "infer",
     "load_workflow",
@@ -124,6 +125,29 @@ def merged_config(names: Sequence[str], bundle_root: str | Path | None = None) -
     """
     root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
     return ConfigParser(ConfigParser.load_config_files(bundle_configs(root, names)))
+
+
+def config_value(names: Sequence[str], key: str, bundle_root: str | Path | None = None, **overrides: Any) -> Any:
+    """The parsed value of config id ``key`` in ``common.json`` and the named configs merged, with ``overrides``
+    set, as a run would see it; nothing is instantiated beyond what ``key`` refers to.
+
+    Args:
+        names: config names without ``.json``.
+        key: the config id, e.g. ``output_dir`` or ``ckpt_path``.
+        bundle_root: the bundle folder; default :func:`default_bundle_root`.
+        overrides: config ids and their values.
+
+    Returns:
+        the value.
+
+    Example:
+        >>> config_value(["inference", "baseline_basicunet"], "output_dir", "bundle")  # doctest: +SKIP
+        'bundle/eval/basicunet'
+    """
+    root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
+    parser = merged_config(names, root)
+    parser.update({"bundle_root": str(root), **overrides})
+    return parser.get_parsed_content(key, lazy=False)
 
 
 def split_overrides(overrides: Mapping[str, Any], parsers: Sequence[ConfigParser]) -> list[dict[str, Any]]:
@@ -304,14 +328,8 @@ def checkpoint_paths(
             raise ValueError("give --ckpt_path or --folds, not both")
         if int(folds) < 1:
             raise ValueError(f"--folds must be at least 1, got {folds}")
-        root = Path(bundle_root) if bundle_root is not None else default_bundle_root()
-        parser = merged_config(["inference", *config_names(configs)], root)
-        parser.update({"bundle_root": str(root), "folds": int(folds)})
-        paths = []
-        for k in range(int(folds)):
-            parser["fold"] = k
-            paths.append(str(parser.get_parsed_content("ckpt_path", lazy=False)))
-        return paths
+        names = ["inference", *config_names(configs)]
+        return [str(config_value(names, "ckpt_path", bundle_root, folds=int(folds), fold=k)) for k in range(int(folds))]
     if isinstance(ckpt_path, str):
         text = ckpt_path.strip()
         text = text[1:-1] if text.startswith("[") and text.endswith("]") else text

@@ -23,7 +23,7 @@ from monai.data import FolderLayout
 from monai.data.folder_layout import default_name_formatter
 
 from mgrad import metrics
-from mgrad.bundle import config_names, default_bundle_root, load_workflow
+from mgrad.bundle import config_names, config_value, default_bundle_root, load_workflow
 from mgrad.data.loading import load_pair
 from mgrad.data.volumes import check_unique_names
 from mgrad.errors import unknown_options
@@ -278,7 +278,8 @@ def evaluate(
         pred_dir, label_dir, num_classes: the folder way in (see :func:`evaluate_folders`).
         class_names: names of classes ``1 .. N-1`` (a list or one comma-separated string); folders only.
         protocol: ``"default"`` or ``"transunet"``.
-        output_dir: where the report goes (default: ``pred_dir``, or the bundle's ``eval/`` for a split).
+        output_dir: where the report goes (default: ``pred_dir``, or for a split the configs' ``output_dir``: the
+            bundle's ``eval/``, ``eval/basicunet`` with ``configs=["baseline_basicunet"]``).
         dataset, dataset_dir, split: the dataset way in: the bundle segments the split with its trained model.
         folds: the number of cross-validation folds trained with ``mgrad train --folds``; dataset way in only.
         bundle_root: the bundle folder (dataset way in).
@@ -309,10 +310,10 @@ def evaluate(
         out = output_dir if output_dir is not None else pred_dir
         return evaluate_folders(pred_dir, label_dir, num_classes, class_names, protocol, out)
     root = Path(bundle_root) if bundle_root else default_bundle_root()
-    out = Path(output_dir) if output_dir else root / "eval"
     if dataset_dir is not None:
         overrides["dataset_dir"] = dataset_dir
     names = ["inference", "evaluate", *config_names(configs)]
+    out = Path(output_dir) if output_dir else Path(config_value(names, "output_dir", root))
     settings = dict(dataset=dataset, split=split, protocol=protocol, **overrides)
     if folds is None:
         workflow = _segment_and_score(names, root, out, settings)

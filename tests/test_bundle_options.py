@@ -104,6 +104,26 @@ def test_fold_ensemble_checkpoints_follow_the_configs_model_folders(tmp_path):
     assert baseline == [f"{root}/models/basicunet/fold{k}/model.pt" for k in (0, 1)]
 
 
+def test_the_baselines_evaluation_keeps_its_own_folder(phantom_dir, tmp_path, one_thread):
+    from monai.networks.nets import BasicUNet
+
+    from mgrad.evaluation import evaluate
+
+    root = copy_bundle(tmp_path / "bundle")
+    (root / "models" / "basicunet").mkdir(parents=True)
+    torch.save(
+        BasicUNet(spatial_dims=2, in_channels=1, out_channels=9).state_dict(), root / "models/basicunet/model.pt"
+    )
+    summary = evaluate(
+        dataset="synthetic", dataset_dir=str(phantom_dir), bundle_root=str(root), configs="baseline_basicunet",
+        device="cpu", size=TINY,
+    )  # fmt: skip
+    # beside MGRAD-UNet's eval/, which it must not overwrite
+    assert (root / "eval" / "basicunet" / "metrics.json").is_file() and summary["num_cases"] == 2
+    assert summary["postprocessing"]["path"] == str(root / "eval" / "basicunet" / "postprocessing.json")
+    assert not (root / "eval" / "metrics.json").exists() and not (root / "eval" / "postprocessing.json").exists()
+
+
 def test_fine_tune_a_nine_class_checkpoint_to_four_classes(phantom_dir, tmp_path):
     data = tmp_path / "four"
     shutil.copytree(phantom_dir, data)
