@@ -48,16 +48,28 @@ def detect_layout(table: str, dataset_dir: str) -> str:
 
 
 def _check_splits(dataset: str, dataset_dir: str, synapse: bool) -> dict[str, int]:
-    """The number of items per split, failing before any training where a split is missing or empty."""
+    """The number of items per split, failing before any training where a split is missing or empty, or names a
+    file that is not there (the test split is read only after hours of training)."""
     splits = ("training", "test") if synapse else ("training", "validation", "test")
     counts = {}
     for split in splits:
-        counts[split] = len(get_datalist(dataset, dataset_dir, split))
+        items = get_datalist(dataset, dataset_dir, split)
+        missing = sorted({str(f) for item in items for f in (item["image"], item["label"]) if not Path(f).exists()})
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise DataError(f"{dataset_dir}: the '{split}' split names {len(missing)} missing file(s): {shown}")
+        counts[split] = len(items)
     return counts
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON file at ``path``; ``None`` where there is none; an error naming it where it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read ({error}); delete it to redo the step that wrote it") from error
 
 
 class _Row:

@@ -3,10 +3,13 @@
 import json
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 from bundle_fixtures import TINY, copy_bundle
 from data_fixtures import link_acdc_subset
 
+from mgrad.data.errors import DataError
 from mgrad.reproduce import detect_layout, reproduce
 
 
@@ -67,7 +70,16 @@ def test_layout_detection_and_errors(tmp_path):
     assert detect_layout("synapse", str(tmp_path / "nii")) == "synapse"
     with pytest.raises(ValueError, match="unknown table"):
         detect_layout("kits", str(tmp_path))
+    h5 = tmp_path / "h5"
+    (h5 / "slices").mkdir()
+    for path in (h5 / "slices" / "x_slice_1.h5", h5 / "volumes" / "x.h5"):
+        with h5py.File(path, "w") as f:
+            f["image"], f["label"] = np.zeros((16, 16), np.float32), np.zeros((16, 16), np.uint8)
+    (h5 / "train_slices.list").write_text("x_slice_1\n")
+    (h5 / "val.list").write_text("x\n")
     with pytest.raises(Exception, match="test.list"):  # a missing split fails before any training
-        (tmp_path / "h5" / "train_slices.list").write_text("x_slice_1\n")
-        (tmp_path / "h5" / "val.list").write_text("x\n")
-        reproduce("acdc", str(tmp_path / "h5"), output_dir=str(tmp_path / "out"))
+        reproduce("acdc", str(h5), output_dir=str(tmp_path / "out"))
+    (h5 / "test.list").write_text("patient999_frame01\n")
+    with pytest.raises(DataError, match="'test' split names 1 missing file.*volumes/patient999_frame01.h5"):
+        reproduce("acdc", str(h5), output_dir=str(tmp_path / "out"))  # as does a missing test volume
+    assert not (tmp_path / "out").exists()  # nothing written, nothing trained
