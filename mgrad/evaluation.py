@@ -187,14 +187,15 @@ class SegmentationReport:
     item of ``datalist`` against the item's label and writes the report (:func:`score_pairs`).
 
     Items whose predictions would overwrite each other are refused on construction, before anything is written
-    (:func:`mgrad.data.volumes.check_unique_names`). A case the evaluator could not segment is reported with the
-    evaluator's message. The summary is kept in
-    ``summary`` and in ``engine.state.metric_details["report"]``.
+    (:func:`mgrad.data.volumes.check_unique_names`), and so is a model of other classes than the labels'
+    (``label_classes``). A case the evaluator could not segment is reported with the evaluator's message. The
+    summary is kept in ``summary`` and in ``engine.state.metric_details["report"]``.
 
     Args:
         datalist: the items segmented (``{"image", "label", "case" (optional)}``).
         prediction_layout: the ``FolderLayout`` the evaluator's ``SaveImaged`` writes with.
         num_classes, class_names, label_map, protocol, output_dir, figures: as for :func:`score_pairs`.
+        label_classes: the classes the dataset's labels hold, background included (``None``: not known).
 
     Example:
         In a bundle config, beside the evaluator's other handlers::
@@ -213,8 +214,15 @@ class SegmentationReport:
         protocol: str = "default",
         output_dir: str | os.PathLike | None = None,
         figures: bool = True,
+        label_classes: int | None = None,
     ) -> None:
         check_unique_names(datalist, "the datalist to evaluate")
+        if label_classes is not None and label_classes != num_classes:
+            raise ValueError(
+                f"the model segments {num_classes} classes (background included; its models/model.json or "
+                f"--num_classes), the labels of the dataset to evaluate hold {label_classes}: score it on a dataset "
+                "of its classes"
+            )
         self.datalist, self.layout = datalist, prediction_layout
         self.num_classes, self.class_names, self.label_map = num_classes, class_names, label_map
         self.protocol, self.output_dir, self.figures = protocol, output_dir, figures

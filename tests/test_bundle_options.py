@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from bundle_fixtures import TINY, cli_args, copy_bundle, run_cli
 
@@ -143,3 +144,17 @@ def test_fine_tune_a_nine_class_checkpoint_to_four_classes(phantom_dir, tmp_path
     assert "msd.pred.conv.weight (checkpoint (9, 8, 1, 1), network (4, 8, 1, 1))" in log
     trained = torch.load(root / "models" / "model.pt", weights_only=True)
     assert trained["msd.pred.conv.weight"].shape[0] == 4
+
+
+def test_evaluating_a_model_on_a_dataset_of_other_classes_is_refused(trained_bundle, acdc_h5_dir, tmp_path):
+    """The trained model's classes come from its ``model.json`` (the phantom's 9); ACDC's labels hold 4."""
+    from mgrad.errors import root_cause
+    from mgrad.evaluation import evaluate
+
+    out = tmp_path / "ev"
+    options = {"dataset": "acdc_h5", "dataset_dir": str(acdc_h5_dir), "output_dir": str(out), "size": TINY}
+    with pytest.raises(RuntimeError) as error:  # MONAI's wrapper of the handler's error, which the CLI prints
+        evaluate(bundle_root=str(trained_bundle), **options)
+    message = str(root_cause(error.value))
+    assert re.match("the model segments 9 classes .* the dataset to evaluate hold 4: score it on", message), message
+    assert not list(out.rglob("*.nii.gz"))
