@@ -105,7 +105,7 @@ def _report_evaluation(result: dict[str, Any]) -> None:
         rules = ", ".join(
             f"{names[c - 1] if c <= len(names) else c}: {rule_name(rule)}" for c, rule in chosen["rules"].items()
         )
-        print(f"\nwith post-processing chosen per class ({rules}; written to {chosen['path']}):")
+        print(f"\nwith the post-processing chosen per class on the validation split ({rules}; {chosen['path']}):")
         print(format_table(result["postprocessed"]))
 
 

@@ -27,6 +27,7 @@ from mgrad.bundle import config_names, config_value, default_bundle_root, load_w
 from mgrad.data.loading import load_pair
 from mgrad.data.volumes import check_unique_names
 from mgrad.errors import unknown_options
+from mgrad.postprocess import choose_rules_for_files, load_rules, postprocess_file, save_rules
 from mgrad.visualize import overlay_figure
 
 __all__ = ["SegmentationReport", "evaluate", "evaluate_folders", "prediction_file", "score_pairs"]
@@ -274,20 +275,25 @@ def evaluate(
     ``protocol="transunet"`` reproduces the published evaluation rules (HD95 in voxels, the 1/0 rule for empty
     cases); the default reports empty cases explicitly.
 
-    On a dataset split the bundle segments the volumes, the predictions are scored, and then each class's
-    connected-component post-processing is chosen on them (:func:`mgrad.postprocess.choose_rules`): the rules go
-    to ``<output_dir>/postprocessing.json`` (for ``mgrad infer --postprocess``), the post-processed predictions to
-    ``<output_dir>/postprocessed/`` with their own report. With ``folds`` every fold's model
-    (``models/fold{k}/model.pt``) segments its held-out patients (``<output_dir>/fold{k}/``), the folds make the
-    cross-validation table, and the rules are chosen on all held-out cases together. With ``--postprocess FILE``
-    the predictions are post-processed with those rules already, and none are chosen.
+    On a dataset split the bundle segments the volumes and the predictions are scored. On the validation split each
+    class's connected-component post-processing is then chosen on them (:func:`mgrad.postprocess.choose_rules`):
+    the rules go to ``<output_dir>/postprocessing.json`` (for ``mgrad infer --postprocess``), the post-processed
+    predictions to ``<output_dir>/postprocessed/`` with their own report. Any other split (``test``) never
+    chooses: the rules chosen on the validation split (the bundle's ``eval/postprocessing.json``), where they are
+    there, are applied to its predictions and scored the same way, so a test score is never tuned on the test
+    cases. With ``folds`` every fold's model (``models/fold{k}/model.pt``) segments its held-out patients
+    (``<output_dir>/fold{k}/``), the folds make the cross-validation table, and the rules are chosen on all
+    held-out cases together. With ``--postprocess FILE`` the predictions are post-processed with those rules
+    already, and no other rules are chosen or applied.
 
     Args:
         pred_dir, label_dir, num_classes: the folder way in (see :func:`evaluate_folders`).
         class_names: names of classes ``1 .. N-1`` (a list or one comma-separated string); folders only.
         protocol: ``"default"`` or ``"transunet"``.
         output_dir: where the report goes (default: ``pred_dir``, or for a split the configs' ``output_dir``: the
-            bundle's ``eval/``, ``eval/basicunet`` with ``configs=["baseline_basicunet"]``).
+            bundle's ``eval/``, ``eval/basicunet`` with ``configs=["baseline_basicunet"]``; a split other than
+            ``validation`` in a folder of its name there, ``eval/test``, so it never replaces the validation's
+            report and rules).
         dataset, dataset_dir, split: the dataset way in: the bundle segments the split with its trained model.
         folds: the number of cross-validation folds trained with ``mgrad train --folds``; dataset way in only.
         bundle_root: the bundle folder (dataset way in).
@@ -297,8 +303,8 @@ def evaluate(
     Returns:
         the summary of :func:`mgrad.metrics.summarize` (with folds: of all held-out cases pooled); cases that failed
         are in its ``errors``. A dataset split adds ``postprocessing`` (``{"path", "rules", "dice"}``) and
-        ``postprocessed`` (the summary with the rules applied); with folds, ``cross_validation``
-        (:func:`mgrad.crossval.cross_validation`).
+        ``postprocessed`` (the summary with the rules applied; ``postprocessing["chosen_on"]`` names the split
+        that chose them); with folds, ``cross_validation`` (:func:`mgrad.crossval.cross_validation`).
 
     Raises:
         ValueError: where neither way in is complete, or options of the other way in are given.
@@ -321,7 +327,8 @@ def evaluate(
     if dataset_dir is not None:
         overrides["dataset_dir"] = dataset_dir
     names = ["inference", "evaluate", *config_names(configs)]
-    out = Path(output_dir) if output_dir else Path(config_value(names, "output_dir", root))
+    eval_dir = Path(config_value(names, "output_dir", root))
+    out = Path(output_dir) if output_dir else eval_dir if split == "validation" else eval_dir / split
     settings = dict(dataset=dataset, split=split, protocol=protocol, **overrides)
     if folds is None:
         workflow = _segment_and_score(names, root, out, settings)
@@ -338,8 +345,20 @@ def evaluate(
         table = cross_validation(fold_summaries)
         files = {f"fold{k}/{c}": f for k, s in enumerate(fold_summaries) for c, f in s["files"].items()}
         summary = {**table["pooled"], "files": files, "cross_validation": table}
-    if overrides.get("postprocess") is None:
-        summary.update(_choose_postprocessing(summary, workflow.parser, out))
+    if overrides.get("postprocess") is not None:
+        return summary
+    if split == "validation":
+        rules, dice = _choose_rules(summary, workflow.parser)
+        path = out / "postprocessing.json"
+        if rules is not None:
+            save_rules(path, rules, dice={str(c): d for c, d in dice.items()})
+    else:
+        path = eval_dir / "postprocessing.json"
+        rules, dice = (load_rules(path), None) if path.is_file() else (None, None)
+    if rules is not None:
+        after = _postprocess_and_score(summary, rules, workflow.parser, out)
+        summary["postprocessing"] = {"path": str(path), "rules": rules, "dice": dice, "chosen_on": "validation"}
+        summary["postprocessed"] = after
     return summary
 
 
@@ -350,30 +369,40 @@ def _segment_and_score(names: Sequence[str], root: Path, out: Path, settings: Ma
     return workflow
 
 
-def _choose_postprocessing(summary: Mapping[str, Any], parser: Any, out: Path) -> dict[str, Any]:
-    """Rules chosen on the scored predictions of ``summary``, written to ``out/postprocessing.json``; the
-    predictions post-processed with them into ``out/postprocessed/`` and scored there."""
-    from mgrad.postprocess import choose_rules_for_files, postprocess_file, save_rules
-
-    num_classes, label_map = parser.get_parsed_content("num_classes"), parser.get_parsed_content("label_map")
+def _scored_pairs(summary: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The prediction and label files of the cases of ``summary`` that were scored (not failed)."""
     errors = summary.get("errors", {})
-    pairs = {case: files for case, files in summary["files"].items() if case not in errors}
+    return {case: files for case, files in summary["files"].items() if case not in errors}
+
+
+def _choose_rules(summary: Mapping[str, Any], parser: Any) -> tuple[dict[int, dict[str, Any]] | None, Any]:
+    """Post-processing rules chosen on the scored predictions of ``summary``, and every candidate's Dice; ``None``
+    rules where no case was scored."""
+    pairs = _scored_pairs(summary)
     if not pairs:
-        return {}
-    rules, dice = choose_rules_for_files([(f["pred"], f["label"]) for f in pairs.values()], num_classes, label_map)
-    path = out / "postprocessing.json"
-    save_rules(path, rules, dice={str(c): d for c, d in dice.items()})
+        return None, None
+    return choose_rules_for_files(
+        [(f["pred"], f["label"]) for f in pairs.values()],
+        parser.get_parsed_content("num_classes"),
+        parser.get_parsed_content("label_map"),
+    )
+
+
+def _postprocess_and_score(
+    summary: Mapping[str, Any], rules: Mapping[int, Mapping[str, Any]], parser: Any, out: Path
+) -> dict[str, Any]:
+    """The scored predictions of ``summary`` post-processed with ``rules`` into ``out/postprocessed/``, and their
+    summary (scored there)."""
     processed = {}
-    for case, files in pairs.items():
+    for case, files in _scored_pairs(summary).items():
         target = out / "postprocessed" / Path(files["pred"]).name
         postprocess_file(files["pred"], target, rules)
         processed[case] = {"pred": target, "label": files["label"]}
-    after = score_pairs(
+    return score_pairs(
         processed,
-        num_classes,
+        parser.get_parsed_content("num_classes"),
         parser.get_parsed_content("class_names"),
-        label_map,
+        parser.get_parsed_content("label_map"),
         parser.get_parsed_content("protocol"),
         out / "postprocessed",
     )
-    return {"postprocessing": {"path": str(path), "rules": rules, "dice": dice}, "postprocessed": after}

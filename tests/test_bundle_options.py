@@ -43,7 +43,8 @@ def test_probabilities_tta_and_the_postprocessing_chosen_by_evaluate(trained_bun
     )
     rules_file = tmp_path / "ev" / "postprocessing.json"
     rules = load_rules(rules_file)
-    assert sorted(rules) == list(range(1, 9)) and "with post-processing chosen per class" in stdout
+    assert sorted(rules) == list(range(1, 9))
+    assert "with the post-processing chosen per class on the validation split" in stdout
     assert json.loads((tmp_path / "ev" / "postprocessed" / "metrics.json").read_text())["num_cases"] == 2
     inputs = two_volumes(phantom_dir, tmp_path / "inputs")
 
@@ -105,7 +106,7 @@ def test_fold_ensemble_checkpoints_follow_the_configs_model_folders(tmp_path):
     assert baseline == [f"{root}/models/basicunet/fold{k}/model.pt" for k in (0, 1)]
 
 
-def test_the_baselines_evaluation_keeps_its_own_folder(phantom_dir, tmp_path, one_thread):
+def test_baseline_and_test_split_evaluations_keep_their_own_folders(phantom_dir, tmp_path, one_thread):
     from monai.networks.nets import BasicUNet
 
     from mgrad.evaluation import evaluate
@@ -121,8 +122,28 @@ def test_the_baselines_evaluation_keeps_its_own_folder(phantom_dir, tmp_path, on
     )  # fmt: skip
     # beside MGRAD-UNet's eval/, which it must not overwrite
     assert (root / "eval" / "basicunet" / "metrics.json").is_file() and summary["num_cases"] == 2
-    assert summary["postprocessing"]["path"] == str(root / "eval" / "basicunet" / "postprocessing.json")
+    rules_file = root / "eval" / "basicunet" / "postprocessing.json"
+    assert summary["postprocessing"]["path"] == str(rules_file)
     assert not (root / "eval" / "metrics.json").exists() and not (root / "eval" / "postprocessing.json").exists()
+
+    # the test split keeps a folder of its own and chooses nothing: the validation's rules are applied to it
+    validation_report, chosen = (root / "eval/basicunet/metrics.json").read_text(), rules_file.read_text()
+    test = evaluate(
+        dataset="synthetic", dataset_dir=str(phantom_dir), bundle_root=str(root), configs="baseline_basicunet",
+        device="cpu", size=TINY, split="test",
+    )  # fmt: skip
+    test_dir = root / "eval" / "basicunet" / "test"
+    assert (test_dir / "metrics.json").is_file() and not (test_dir / "postprocessing.json").exists()
+    assert (root / "eval/basicunet/metrics.json").read_text() == validation_report and rules_file.read_text() == chosen
+    assert test["postprocessing"] == {
+        "path": str(rules_file), "rules": load_rules(rules_file), "dice": None, "chosen_on": "validation"
+    }  # fmt: skip
+    assert json.loads((test_dir / "postprocessed" / "metrics.json").read_text())["num_cases"] == test["num_cases"] == 1
+    rules_file.unlink()  # without the validation's rules, the test split is reported as it is
+    assert "postprocessing" not in evaluate(
+        dataset="synthetic", dataset_dir=str(phantom_dir), bundle_root=str(root), configs="baseline_basicunet",
+        device="cpu", size=TINY, split="test",
+    )  # fmt: skip
 
 
 def test_fine_tune_a_nine_class_checkpoint_to_four_classes(phantom_dir, tmp_path):
