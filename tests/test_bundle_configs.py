@@ -186,3 +186,12 @@ def test_a_switch_given_as_lowercase_text_is_refused_by_name(name, tmp_path, pha
             parser.get_parsed_content("switches")
         assert f"--{switch} 'false' arrived as text, which reads as true" in str(root_cause(raised.value))
     assert "@switches" in config["initialize"]
+
+
+def test_the_evaluation_refuses_figures_given_as_lowercase_text(tmp_path, phantom_dir):
+    root = copy_bundle(tmp_path / "bundle")
+    configs = config_files(root, "inference", "evaluate")
+    assert workflow(configs, "infer", bundle_root=str(root), dataset_dir=str(phantom_dir)).check_properties() == []
+    with pytest.raises(RuntimeError) as raised:
+        workflow(configs, "infer", bundle_root=str(root), dataset_dir=str(phantom_dir), figures="false")
+    assert "--figures 'false' arrived as text" in str(root_cause(raised.value))
