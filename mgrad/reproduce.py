@@ -15,9 +15,10 @@ from typing import Any
 from mgrad.bundle import config_names, default_bundle_root, merged_config, run_config, split_overrides
 from mgrad.data.datasets import get_datalist
 from mgrad.data.errors import DataError
+from mgrad.handlers import completed_epochs
 from mgrad.hardware import machine_summary
 from mgrad.paper_table import PAPER_ROWS, format_markdown, measured_row
-from mgrad.writers import atomic_path, write_json
+from mgrad.writers import atomic_path, read_json, write_json
 
 __all__ = ["reproduce", "detect_layout", "BASELINES"]
 
@@ -62,16 +63,6 @@ def _check_splits(dataset: str, dataset_dir: str, synapse: bool) -> dict[str, in
     return counts
 
 
-def _read_json(path: Path) -> Any:
-    """The JSON file at ``path``; ``None`` where there is none; an error naming it where it cannot be read."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot be read ({error}); delete it to redo the step that wrote it") from error
-
-
 class _Row:
     """One model's folder under the output: ``models/``, ``logs/``, ``timing.json``, ``test_<protocol>/``; and the
     settings of its training and of its evaluation, each run given the ``settings`` that name its config ids."""
@@ -85,7 +76,8 @@ class _Row:
         self.train_settings, self.eval_settings = split_overrides(settings, runs)
 
     def timing(self) -> dict[str, Any]:
-        return _read_json(self.timing_file) or {"train_seconds": 0.0, "train_done": False, "eval_seconds": {}}
+        timing = read_json(self.timing_file, DataError, missing=None)
+        return timing or {"train_seconds": 0.0, "train_done": False, "eval_seconds": {}}
 
     def spent(self) -> float:
         """Training seconds of finished attempts plus, for a killed one, the time up to its last checkpoint."""
@@ -94,9 +86,10 @@ class _Row:
         extra = max(0.0, checkpoint.stat().st_mtime - started) if started and checkpoint.is_file() else 0.0
         return timing["train_seconds"] + extra
 
-    def epochs(self) -> int | None:
-        history = _read_json(self.logs / "history.json")
-        return history["epoch"][-1] if history and history.get("epoch") else None
+    def epochs(self) -> int | float | None:
+        """The epochs trained, with the fraction of the last where a time budget stopped it inside one."""
+        history = read_json(self.logs / "history.json", DataError, missing=None)
+        return completed_epochs(history) if history else None
 
 
 def _train(row: _Row, budget: float | None, bundle_root: Path) -> None:
@@ -125,7 +118,7 @@ def _train(row: _Row, budget: float | None, bundle_root: Path) -> None:
 
 def _evaluate(row: _Row, protocol: str, bundle_root: Path) -> dict[str, Any]:
     out = row.dir / f"test_{protocol}"
-    summary = _read_json(out / "metrics.json")
+    summary = read_json(out / "metrics.json", DataError, missing=None)
     if summary is not None and not summary["errors"]:
         return summary
     start = time.monotonic()
@@ -214,7 +207,7 @@ def reproduce(
     run = {"table": table, "dataset": dataset, "dataset_dir": str(Path(dataset_dir).resolve()), "preset": preset,
            "epochs": epochs, "time_budget": time_budget, "seed": seed, "baselines": names,
            "overrides": overrides}  # fmt: skip
-    saved, wanted = _read_json(out / "run.json"), json.loads(json.dumps(run))
+    saved, wanted = read_json(out / "run.json", DataError, missing=None), json.loads(json.dumps(run))
     # a setting the saved run did not record (a run.json of an earlier version) is not held against it
     changed = [
         f"{k} {saved[k]!r} there, {wanted[k]!r} now" for k in _RUN_KEYS if k in (saved or {}) and saved[k] != wanted[k]

@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one: a temporary name in the same folder, then a rename."""
+"""Writing files so that a reader never sees half of one: a temporary name in the same folder, then a rename; and
+reading the JSON files back, with an error that names the file."""
 
 import json
 import os
@@ -10,7 +11,14 @@ from typing import Any
 
 from monai.data import NibabelWriter, image_writer
 
-__all__ = ["PROBABILITY_SCALE", "atomic_path", "write_json", "AtomicNibabelWriter", "AtomicProbabilityWriter"]
+__all__ = [
+    "PROBABILITY_SCALE",
+    "atomic_path",
+    "read_json",
+    "write_json",
+    "AtomicNibabelWriter",
+    "AtomicProbabilityWriter",
+]
 
 # probabilities are stored as uint16 steps of 1/PROBABILITY_SCALE (NIfTI has no float16)
 PROBABILITY_SCALE = 65535
@@ -40,6 +48,39 @@ def write_json(path: str | os.PathLike, value: Any, indent: int = 2) -> None:
     """Write ``value`` as JSON to ``path`` through :func:`atomic_path` (a reader sees the old file or the new one)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(value, indent=indent) + "\n")
+
+
+_REQUIRED = object()
+
+
+def read_json(path: str | os.PathLike, error: type[Exception] = ValueError, missing: Any = _REQUIRED) -> Any:
+    """The JSON value in the file ``path``.
+
+    Args:
+        path: the file.
+        error: the exception raised, with ``path`` and the problem in its message, for a file that is not there or
+            is not readable JSON (a ``ValueError`` subclass such as :class:`mgrad.data.errors.DataError`).
+        missing: returned where there is no file ``path`` (by default that is an ``error`` too).
+
+    Returns:
+        the parsed value (``dict``, ``list``, ...), or ``missing``.
+
+    Raises:
+        error: ``"<path>: file not found"`` or ``"<path>: cannot be read: <exception>: <reason>"``.
+
+    Example:
+        >>> read_json("nowhere.json", missing=None) is None
+        True
+    """
+    path = Path(path)
+    if not path.is_file():
+        if missing is not _REQUIRED:
+            return missing
+        raise error(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: cannot be read: {type(e).__name__}: {e}") from e
 
 
 class AtomicNibabelWriter(NibabelWriter):

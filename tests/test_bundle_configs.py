@@ -168,6 +168,31 @@ def test_inference_takes_the_settings_the_model_was_trained_with(tmp_path):
     assert inference_settings(tmp_path, load_pretrain=False) == defaults  # random weights: nothing read
 
 
+def test_inference_builds_the_network_size_the_model_was_trained_with(tmp_path):
+    """A model trained with ``--size`` is built as trained, with its preset's inference batch; ``--size`` and another
+    ``--preset`` on the command line decide, the model's own preset changes nothing."""
+    presets = ConfigParser.load_config_files(config_files(REPO / "bundle"))["size_presets"]
+    trained = {"features": [8, 16, 32, 64, 128], "rfb_channels": 8, "spatial_size": 48}
+    write_model_settings(tmp_path / "model.pt", {"preset": "small", "size": trained, "num_classes": 4})
+
+    def built(**overrides) -> tuple:
+        parser = ConfigParser(ConfigParser.load_config_files(config_files(REPO / "bundle", "inference")))
+        parser.update({"ckpt_path": str(tmp_path / "model.pt"), **overrides})
+        network = parser.get_parsed_content("network_def")
+        widths = [network.encoder[0].conv1.conv.out_channels, network.encoder[-1].conv1.conv.out_channels]
+        widths.append(network.rfb_channels)
+        return widths, parser.get_parsed_content("spatial_size"), parser.get_parsed_content("batch_size")
+
+    assert built() == ([8, 128, 8], 48, presets["small"]["batch_size"])
+    assert built(preset="small") == built()
+    assert built(preset="paper") == ([64, 1024, 64], 224, presets["paper"]["batch_size"])
+    other = {"features": [4, 8, 16, 32, 64], "rfb_channels": 4, "spatial_size": 32, "batch_size": 2}
+    assert built(size=other) == ([4, 64, 4], 32, 2)
+    assert built(load_pretrain=False) == ([16, 256, 16], 96, presets["small"]["batch_size"])  # random weights
+    (tmp_path / "model.json").unlink()
+    assert built() == built(load_pretrain=False)  # weights without settings: the preset, as before
+
+
 @pytest.mark.parametrize("name", ["train", "inference"])
 def test_a_switch_given_as_lowercase_text_is_refused_by_name(name, tmp_path, phantom_dir):
     # what `python -m monai.bundle run --amp false` hands the config: the text "false", which reads as true

@@ -14,8 +14,9 @@ from mgrad.networks import MGRADUNet
 
 
 def infer(bundle_root: Path, input_dir: Path, output_dir: Path, **extra):
+    """``mgrad infer`` with the bundle's model, built at the size its ``model.json`` records (no ``--size``)."""
     args = ["-m", "mgrad", "infer", "--input", str(input_dir), "--output_dir", str(output_dir)]
-    return run_cli(args + cli_args({"bundle_root": str(bundle_root), "size": TINY, "device": "cpu", **extra}))
+    return run_cli(args + cli_args({"bundle_root": str(bundle_root), "device": "cpu", **extra}))
 
 
 def foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,7 +85,7 @@ def test_missing_checkpoint_is_named(trained_bundle, phantom_dir, tmp_path):
 def test_checkpoint_for_other_classes_is_named(trained_bundle, phantom_dir, tmp_path):
     other = tmp_path / "acdc.pt"
     torch.save(MGRADUNet(2, 1, 4, features=TINY["features"], rfb_channels=TINY["rfb_channels"]).state_dict(), other)
-    result = infer(trained_bundle, phantom_dir / "imagesTr", tmp_path / "preds", ckpt_path=str(other))
+    result = infer(trained_bundle, phantom_dir / "imagesTr", tmp_path / "preds", ckpt_path=str(other), size=TINY)
     assert result.returncode == 1
     assert f"checkpoint {other} does not fit the network" in result.stderr
     assert "msd.pred.conv.weight: checkpoint (4, 8, 1, 1), network (9, 8, 1, 1)" in result.stderr
@@ -93,7 +94,7 @@ def test_checkpoint_for_other_classes_is_named(trained_bundle, phantom_dir, tmp_
 def test_evaluate_a_dataset_split(trained_bundle, phantom_dir, tmp_path):
     out = tmp_path / "eval"
     args = ["-m", "mgrad", "evaluate", "--dataset", "synthetic", "--dataset_dir", str(phantom_dir)]
-    args += cli_args({"bundle_root": str(trained_bundle), "output_dir": str(out), "size": TINY, "device": "cpu"})
+    args += cli_args({"bundle_root": str(trained_bundle), "output_dir": str(out), "device": "cpu"})  # size: model.json
     result = run_cli(args)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())

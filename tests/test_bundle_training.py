@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_fixtures import REPO, cli_args, config_arg, config_files, copy_bundle, run_cli, tiny_overrides
+from bundle_fixtures import REPO, TINY, cli_args, config_arg, config_files, copy_bundle, run_cli, tiny_overrides
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from mgrad.data import dataset_info
+from mgrad.handlers import completed_epochs
 
 
 def epoch_of(checkpoint: Path) -> int:
@@ -85,6 +86,7 @@ def test_the_best_model_is_saved_with_the_settings_inference_needs(trained_bundl
     info = dataset_info("synthetic", str(phantom_dir))
     assert json.loads((trained_bundle / "models" / "model.json").read_text()) == {
         "preset": "small",
+        "size": {key: TINY[key] for key in ("features", "rfb_channels", "spatial_size")},
         "in_channels": 1,
         "num_classes": info.num_classes,
         "class_names": list(info.class_names),
@@ -126,7 +128,9 @@ def test_mgrad_train_with_time_budget(tmp_path, phantom_dir):
     lengths = {len(v) for v in history.values()}
     assert len(lengths) == 1 and history["epoch"] == sorted(set(history["epoch"])), history
     epoch_length = 5  # five training volumes, one volume (8 slices) per batch
+    assert history["epoch_length"] == [epoch_length] * len(history["epoch"])
     assert history["epoch"][-1] == -(-history["iteration"][-1] // epoch_length), history
+    assert completed_epochs(history) == pytest.approx(history["iteration"][-1] / epoch_length, abs=0.005)
     assert history["val_mean_dice"][-1] is not None and all(d is None for d in history["val_mean_dice"][:-1])
 
 

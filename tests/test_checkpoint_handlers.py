@@ -42,7 +42,9 @@ def test_another_networks_checkpoint_is_named_and_left_as_it_is(tmp_path):
 
 def test_the_best_model_is_saved_with_the_settings_it_was_trained_with(tmp_path):
     """``model.json`` beside ``model.pt``, rewritten with each better model; read back by the inference config."""
-    settings = {"preset": "small", "in_channels": 1, "num_classes": 3, "class_names": ["a", "b"], "intensity": "mri"}
+    size = {"features": [4, 8], "rfb_channels": 4, "spatial_size": 32}
+    settings = {"preset": "small", "size": size, "in_channels": 1, "num_classes": 3, "class_names": ["a", "b"]}
+    settings["intensity"] = "mri"
     net, scores = network(), iter([0.2, 0.1, 0.4])
     validator = Engine(lambda engine, batch: None)
     validator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(dice=next(scores)))
@@ -70,3 +72,6 @@ def test_model_settings_that_cannot_be_used_are_named(tmp_path):
     write_model_settings(tmp_path / "b.pt", {"num_classes": 4, "intensity": "ct"})
     with pytest.raises(ValueError, match=f"{tmp_path / 'b.json'}: the model settings .* differ from those of"):
         model_settings([tmp_path / "a.pt", tmp_path / "b.pt"])
+    write_model_settings(tmp_path / "c.pt", {"num_classes": 4, "intensity": "mri", "size": {"rfb_channels": 8}})
+    with pytest.raises(ValueError, match=f"{tmp_path / 'c.json'}: the model settings .* differ from those of"):
+        model_settings([tmp_path / "a.pt", tmp_path / "c.pt"])

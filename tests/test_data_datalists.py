@@ -107,7 +107,7 @@ def test_bad_datalist_requests(tmp_path, synthetic_dir):
     with pytest.raises(DataError, match="empty"):
         get_datalist("decathlon", str(tmp_path), "training")
     (tmp_path / "dataset.json").write_text("{not json")
-    with pytest.raises(DataError, match="dataset.json: not a readable JSON"):
+    with pytest.raises(DataError, match="dataset.json: cannot be read: JSONDecodeError"):
         get_datalist("decathlon", str(tmp_path), "training")
 
 
@@ -158,9 +158,9 @@ def test_inputs_whose_predictions_would_share_a_name_are_refused(tmp_path):
 def test_decathlon_info_names_a_missing_or_unreadable_dataset_json(tmp_path):
     """The decathlon layout's classes come from its dataset.json: a folder without one (a folder of volumes to
     segment given with ``--dataset decathlon``) is named, not left to fail as a network without classes."""
-    with pytest.raises(DataError, match=f"{tmp_path / 'dataset.json'}: dataset.json not found"):
+    with pytest.raises(DataError, match=f"{tmp_path / 'dataset.json'}: file not found"):
         dataset_info("decathlon", str(tmp_path))
     (tmp_path / "dataset.json").write_text("{not json")
-    with pytest.raises(DataError, match="dataset.json: not a readable JSON file"):
+    with pytest.raises(DataError, match=f"{tmp_path / 'dataset.json'}: cannot be read: JSONDecodeError"):
         dataset_info("decathlon", str(tmp_path))
     assert dataset_info("decathlon").num_classes is None  # no folder given: the registry's entry

@@ -10,6 +10,8 @@ from bundle_fixtures import TINY, copy_bundle
 from data_fixtures import link_acdc_subset
 
 from mgrad.data.errors import DataError
+from mgrad.handlers import completed_epochs
+from mgrad.paper_table import PAPER_ROWS, format_markdown
 from mgrad.reproduce import detect_layout, reproduce
 
 
@@ -83,3 +85,19 @@ def test_layout_detection_and_errors(tmp_path):
     with pytest.raises(DataError, match="'test' split names 1 missing file.*volumes/patient999_frame01.h5"):
         reproduce("acdc", str(h5), output_dir=str(tmp_path / "out"))  # as does a missing test volume
     assert not (tmp_path / "out").exists()  # nothing written, nothing trained
+
+
+def test_the_table_shows_the_epochs_trained():
+    """A time budget stops a run inside an epoch: the table shows the epochs it trained, with the fraction."""
+    assert completed_epochs({"epoch": [1], "iteration": [48], "epoch_length": [164]}) == 0.29
+    assert completed_epochs({"epoch": [1, 2], "iteration": [164, 188], "epoch_length": [164, 164]}) == 1.15
+    assert completed_epochs({"epoch": [1, 2], "iteration": [164, 328], "epoch_length": [164, 164]}) == 2
+    # resumed from a history.json written before the epoch length was recorded: its last entry has one
+    assert completed_epochs({"epoch": [1, 2], "iteration": [None, 188], "epoch_length": [None, 164]}) == 1.15
+    # such a history.json alone: the epoch the run ended in, as it was recorded
+    assert completed_epochs({"epoch": [1, 2], "iteration": [164, 188], "loss": [0.5, 0.4]}) == 2
+    assert completed_epochs({"epoch": [1, 2], "loss": [0.5, 0.4]}) == 2
+    assert completed_epochs({"epoch": []}) is None
+    rows = [{**PAPER_ROWS["acdc"], "epochs": 1.15}, {**PAPER_ROWS["acdc"], "epochs": 2}]
+    lines = format_markdown("ACDC", ["rv"], rows, []).splitlines()
+    assert lines[4].endswith("| 1.15 | – | GPU NVIDIA RTX 4090 (24 GB) |") and "| 2 | – |" in lines[5]

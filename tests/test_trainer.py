@@ -119,7 +119,7 @@ def test_history_records_each_epochs_mean_loss(tmp_path, decollate):
     )
     trainer.run()
     history = json.loads((tmp_path / "history.json").read_text())
-    assert history["epoch"] == [1, 2] and history["iteration"] == [3, 6]
+    assert history["epoch"] == [1, 2] and history["iteration"] == [3, 6] and history["epoch_length"] == [3, 3]
     assert history["loss"] == pytest.approx([sum(losses[:3]) / 3, sum(losses[3:]) / 3], rel=1e-12)
     assert (tmp_path / "curves.png").is_file()
 

@@ -1,12 +1,12 @@
 """Decathlon-style datalists (``dataset.json``) and the synthetic phantom's, generated on first use."""
 
-import json
 from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
 from mgrad.data.errors import DataError, MissingSplitError
 from mgrad.data.synthetic import make_dataset
+from mgrad.writers import read_json
 
 SPLITS = ("training", "validation", "test")
 
@@ -17,21 +17,10 @@ def decathlon_json(dataset_dir: str) -> Path:
     return path if path.suffix == ".json" else path / "dataset.json"
 
 
-def read_decathlon_json(dataset_dir: str) -> dict:
-    """The contents of :func:`decathlon_json`; :class:`DataError` naming it where it is missing or unreadable."""
-    path = decathlon_json(dataset_dir)
-    if not path.is_file():
-        raise DataError(f"{path}: dataset.json not found")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a readable JSON file ({e})") from e
-
-
 def decathlon_datalist(dataset_dir: str, split: str) -> list[dict[str, str]]:
     """The ``split`` list of a decathlon-style ``dataset.json`` (paths relative to the json's folder)."""
     path = decathlon_json(dataset_dir)
-    lists = read_decathlon_json(dataset_dir)
+    lists = read_json(path, DataError)
     if split not in lists:
         raise MissingSplitError(f"{path}: no '{split}' list")
     if not lists[split]:

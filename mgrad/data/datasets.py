@@ -12,9 +12,10 @@ from typing import Any
 
 from mgrad.data.acdc import acdc_datalist, acdc_h5_datalist
 from mgrad.data.classes import ACDC_CLASSES, BTCV_TO_SYNAPSE, SYNAPSE_CLASSES
-from mgrad.data.datalist import SPLITS, decathlon_datalist, read_decathlon_json, synthetic_datalist
+from mgrad.data.datalist import SPLITS, decathlon_datalist, decathlon_json, synthetic_datalist
 from mgrad.data.errors import DataError
 from mgrad.data.synapse import synapse_datalist, synapse_transunet_datalist
+from mgrad.writers import read_json
 
 __all__ = ["DATASETS", "DatasetSpec", "dataset_info", "get_datalist"]
 
@@ -106,7 +107,7 @@ def dataset_info(dataset: str, dataset_dir: str | None = None) -> DatasetSpec:
     spec = _spec(dataset)
     if dataset != "decathlon" or not dataset_dir:
         return spec
-    meta = read_decathlon_json(dataset_dir)
+    meta = read_json(decathlon_json(dataset_dir), DataError)
     labels = {int(k): v for k, v in meta.get("labels", {}).items()}
     changes: dict[str, Any] = {}
     if labels:

@@ -7,7 +7,7 @@ from mgrad.handlers.checkpoint import (
     ModelLoader,
     ResumeCheckpointLoader,
 )
-from mgrad.handlers.training import TimeBudget, TrainingHistory, ValidateAtEnd
+from mgrad.handlers.training import TimeBudget, TrainingHistory, ValidateAtEnd, completed_epochs
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -18,4 +18,5 @@ __all__ = [
     "TimeBudget",
     "TrainingHistory",
     "ValidateAtEnd",
+    "completed_epochs",
 ]

@@ -3,6 +3,8 @@
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -10,7 +12,7 @@ from ignite.engine import Engine, Events
 
 from mgrad.writers import write_json
 
-__all__ = ["TimeBudget", "TrainingHistory", "ValidateAtEnd"]
+__all__ = ["TimeBudget", "TrainingHistory", "ValidateAtEnd", "completed_epochs"]
 
 
 class TimeBudget:
@@ -67,9 +69,10 @@ class TrainingHistory:
     ``curves.png`` (loss and Dice curves) to ``output_dir`` after each epoch, atomically, on rank 0.
 
     ``history.json`` holds equal-length lists ``epoch``, ``iteration`` (the trainer's iteration count when the entry
-    was recorded), ``loss`` and the validation metric (``None`` where an epoch was not validated). A run that ends
-    inside an epoch (a time budget) gets one more entry for that partial epoch, with the loss of the iterations it
-    ran and the final validation (:class:`ValidateAtEnd`), under the epoch and iteration it ran at.
+    was recorded), ``epoch_length`` (the iterations of a whole epoch), ``loss`` and the validation metric (``None``
+    where an epoch was not validated). A run that ends inside an epoch (a time budget) gets one more entry for that
+    partial epoch, with the loss of the iterations it ran and the final validation (:class:`ValidateAtEnd`), under
+    the epoch and iteration it ran at: :func:`completed_epochs` tells how much of it was trained.
 
     Attach it after the ``ValidationHandler`` so that an epoch's validation has run when it records the epoch, and
     after a resume loader: a resumed run continues the ``history.json`` it finds, up to the epoch it resumes from.
@@ -84,7 +87,7 @@ class TrainingHistory:
         self.output_dir = output_dir
         self.validator = validator
         self.metric_name = metric_name
-        self.history: dict = {"epoch": [], "iteration": [], "loss": [], metric_name: []}
+        self.history: dict = {"epoch": [], "iteration": [], "epoch_length": [], "loss": [], metric_name: []}
         self._losses: list = []
 
     def attach(self, engine: Engine) -> None:
@@ -97,9 +100,10 @@ class TrainingHistory:
         path = os.path.join(self.output_dir, "history.json")
         if engine.state.epoch > 0 and os.path.isfile(path):
             saved = json.loads(open(path).read())
-            keep = sum(1 for e in saved.get("epoch", []) if e <= engine.state.epoch)
-            saved.setdefault("iteration", [None] * len(saved.get("epoch", [])))  # written before it was recorded
-            self.history = {k: list(saved.get(k, []))[:keep] for k in self.history}
+            epochs = saved.get("epoch", [])
+            keep = sum(1 for e in epochs if e <= engine.state.epoch)
+            # a list written before it was recorded (iteration, epoch_length) is None for the entries it lacks
+            self.history = {k: list(saved.get(k, [None] * len(epochs)))[:keep] for k in self.history}
 
     def _record_loss(self, engine: Engine) -> None:
         output = engine.state.output
@@ -117,6 +121,7 @@ class TrainingHistory:
     def _append(self, engine: Engine) -> None:
         self.history["epoch"].append(engine.state.epoch)
         self.history["iteration"].append(engine.state.iteration)
+        self.history["epoch_length"].append(engine.state.epoch_length)
         mean = torch.stack(self._losses).double().mean().item() if self._losses else None
         self.history["loss"].append(mean)
         self.history[self.metric_name].append(self._validated_metric(engine))
@@ -141,3 +146,31 @@ class TrainingHistory:
             write_json(os.path.join(self.output_dir, "history.json"), self.history, indent=1)
             training_curves({**self.history, "val_mean_dice": self.history[self.metric_name]},
                             os.path.join(self.output_dir, "curves.png"))  # fmt: skip
+
+
+def completed_epochs(history: Mapping[str, Sequence[Any]]) -> int | float | None:
+    """The epochs a run recorded by :class:`TrainingHistory` trained: whole, or with the fraction of the epoch it
+    stopped in (a time budget), to two decimals.
+
+    Args:
+        history: the contents of its ``history.json``.
+
+    Returns:
+        the last entry's iterations over the epoch length (``1.15`` for 188 iterations of 164-iteration epochs; an
+        ``int`` where the run ended on an epoch's end); the last entry's epoch for a history written before the epoch
+        length was recorded; ``None`` for an empty one.
+
+    Example:
+        >>> completed_epochs({"epoch": [1, 2], "iteration": [164, 188], "epoch_length": [164, 164]})
+        1.15
+        >>> completed_epochs({"epoch": [1, 2], "iteration": [164, 188]})
+        2
+    """
+    epochs = history.get("epoch") or []
+    if not epochs:
+        return None
+    iteration, epoch_length = (list(history.get(key) or [None])[-1] for key in ("iteration", "epoch_length"))
+    if not iteration or not epoch_length:
+        return epochs[-1]
+    completed = iteration / epoch_length
+    return int(completed) if completed.is_integer() else round(completed, 2)
