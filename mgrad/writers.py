@@ -10,7 +10,14 @@ from typing import Any
 
 from monai.data import NibabelWriter, image_writer
 
-__all__ = ["PROBABILITY_SCALE", "atomic_path", "write_json", "AtomicNibabelWriter", "AtomicProbabilityWriter"]
+__all__ = [
+    "PROBABILITY_SCALE",
+    "atomic_path",
+    "check_output_folder",
+    "write_json",
+    "AtomicNibabelWriter",
+    "AtomicProbabilityWriter",
+]
 
 # probabilities are stored as uint16 steps of 1/PROBABILITY_SCALE (NIfTI has no float16)
 PROBABILITY_SCALE = 65535
@@ -34,6 +41,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Raise ``NotADirectoryError`` where ``path``, a folder that outputs are to be written into, is an existing file
+    (or has one among its parents): checked before a run, since each output would otherwise fail only once computed.
+
+    Example:
+        >>> check_output_folder("bundle/eval")  # a folder, or one that does not exist yet: nothing happens
+    """
+    path = Path(path)
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"output folder {path}: {blocking} is a file, not a folder; give another output_dir")
 
 
 def write_json(path: str | os.PathLike, value: Any, indent: int = 2) -> None:
