@@ -20,7 +20,8 @@ def load_bundle_network(
     bundle_root: str | Path, ckpt_path: str | None = None, config: str = "inference", **overrides: Any
 ) -> tuple[torch.nn.Module, ConfigParser]:
     """The bundle's ``network_def`` (from ``configs/<config>.json`` with ``overrides``) with the weights of
-    ``ckpt_path`` (default: the config's ``ckpt_path``, i.e. ``models/model.pt``), in eval mode on the CPU.
+    ``ckpt_path`` (default: the config's ``ckpt_path``, i.e. ``models/model.pt``), in eval mode on the CPU; the
+    network is built with the settings written beside those weights (``model.json``), as inference builds it.
 
     Returns:
         The network and the parser, whose other ids (e.g. ``spatial_size``) describe the network's input.
@@ -36,6 +37,8 @@ def load_bundle_network(
     parser.read_meta(str(root / "configs" / "metadata.json"))
     parser["bundle_root"] = str(root)
     check_overrides(parser, list(overrides))
+    if ckpt_path is not None:
+        parser["ckpt_path"] = str(ckpt_path)
     for key, value in overrides.items():
         parser[key] = value
     path = Path(ckpt_path or parser.get_parsed_content("ckpt_path"))
