@@ -174,3 +174,6 @@ def test_one_volume_file_is_a_datalist_of_itself(tmp_path):
     (tmp_path / "scan.png").write_bytes(b"\x89PNG")
     with pytest.raises(DataError, match=r"scan.png: neither a volume file \(.nii.gz, .nii, .*\) nor a readable"):
         volume_datalist(tmp_path / "scan.png")
+    (tmp_path / "list.json").write_text(json.dumps(["case01.nii.gz"]))
+    with pytest.raises(DataError, match="list.json: a datalist is a JSON object with a 'test', .* got a JSON list"):
+        volume_datalist(tmp_path / "list.json")

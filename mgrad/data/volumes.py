@@ -45,6 +45,11 @@ def volume_datalist(path: str | Path) -> list[dict[str, str]]:
             raise DataError(
                 f"{path}: neither a volume file ({', '.join(VOLUME_SUFFIXES)}) nor a readable datalist .json ({e})"
             ) from e
+        if not isinstance(lists, dict):
+            raise DataError(
+                f"{path}: a datalist is a JSON object with a 'test', 'validation' or 'training' list of volumes, "
+                f"got a JSON {type(lists).__name__}"
+            )
         key = next((k for k in ("test", "validation", "training") if lists.get(k)), None)
         entries = lists[key] if key else []
         items = [dict(e) if isinstance(e, dict) else {"image": e} for e in entries]
