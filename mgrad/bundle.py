@@ -21,6 +21,7 @@ __all__ = [
     "STANDALONE_CONFIGS",
     "bundle_configs",
     "check_overrides",
+    "check_switches",
     "checkpoint_paths",
     "config_names",
     "config_value",
@@ -83,6 +84,27 @@ def standalone_config(bundle_root: str | Path, name: str) -> dict[str, Any]:
         the merged config, as ``json.dump`` writes it.
     """
     return ConfigParser.load_config_files(bundle_configs(bundle_root, [name]))
+
+
+def check_switches(**switches: Any) -> None:
+    """Raise ``ValueError`` for a switch that arrived as the text ``"true"``, ``"false"``, ``"none"`` or ``"null"``.
+
+    ``python -m monai.bundle run --amp false`` passes ``"false"`` on as a string, which every config expression reads
+    as true: the run would silently do the opposite of what was asked. The bundle's ``initialize`` lists call this
+    with their on/off ids (``python -m mgrad`` reads such values as Python's and never trips it).
+
+    Example:
+        >>> check_switches(amp=False, compile="false")
+        Traceback (most recent call last):
+        ValueError: --compile 'false' arrived as text, which reads as true: ...
+    """
+    for name, value in switches.items():
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "none", "null"):
+            raise ValueError(
+                f"--{name} {value!r} arrived as text, which reads as true: `python -m monai.bundle run` passes a "
+                f"lowercase true/false/null on as a string. Write --{name} True, False or None there "
+                "(`python -m mgrad` takes either)."
+            )
 
 
 def config_names(configs: str | Sequence[str]) -> list[str]:

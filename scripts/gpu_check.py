@@ -183,7 +183,7 @@ def main() -> None:
     bench = ["--size", "224", "--batch", "12"]
     train_step = [py, "benchmarks/bench_train_step.py", *bench, "--steps", "5", "--configs"]
     if "train_step" in args.parts:
-        configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt", "cl+fused+selckpt"]
+        configs = ["plain", "cl+fused", "amp+cl+fused", "cl+fused+ckpt", "cl+fused+rfbckpt", "cl+fused+selckpt"]
         bench_part("train_step", train_step + configs, 230)
     if "compile" in args.parts:
         bench_part("compile", train_step + ["plain", "cl+fused+compile"], 560, COMPILE_LOGS)

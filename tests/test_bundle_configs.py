@@ -10,7 +10,7 @@ from bundle_fixtures import REPO, config_files, copy_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from mgrad.bundle import STANDALONE_CONFIGS, check_overrides, standalone_config
-from mgrad.errors import UnknownOptionError
+from mgrad.errors import UnknownOptionError, root_cause
 from mgrad.model_settings import write_model_settings
 from mgrad.transforms import train_transforms, volume_transforms
 
@@ -167,6 +167,35 @@ def test_inference_takes_the_settings_the_model_was_trained_with(tmp_path):
     # the command line still decides
     assert inference_settings(tmp_path, intensity="ct", preset="small")["intensity"] == "ct"
     assert inference_settings(tmp_path, load_pretrain=False) == defaults  # random weights: nothing read
+
+
+@pytest.mark.parametrize("name", ["train", "inference"])
+def test_a_switch_given_as_lowercase_text_is_refused_by_name(name, tmp_path, phantom_dir):
+    # what `python -m monai.bundle run --amp false` hands the config: the text "false", which reads as true
+    root = copy_bundle(tmp_path / "bundle")
+    config = ConfigParser(standalone_config(root, name))
+    config.update({"bundle_root": str(root), "dataset_dir": str(phantom_dir)})
+    assert config.get_parsed_content("switches") is None  # the defaults pass
+    expression = config["switches"]
+    switches = [part.split("=")[0].strip() for part in expression[expression.index("(") + 1 : -1].split(",")]
+    assert {"fast_inference", "fuse_activations", "compile_inference"} <= set(switches)
+    assert ("amp" in switches) == (name == "train") and ("probabilities" in switches) == (name == "inference")
+    for switch in switches:
+        parser = ConfigParser(standalone_config(root, name))
+        parser.update({"bundle_root": str(root), "dataset_dir": str(phantom_dir), switch: "false"})
+        with pytest.raises(RuntimeError) as raised:  # MONAI's error about the expression, raised from mgrad's
+            parser.get_parsed_content("switches")
+        assert f"--{switch} 'false' arrived as text, which reads as true" in str(root_cause(raised.value))
+    assert "@switches" in config["initialize"]
+
+
+def test_the_evaluation_refuses_figures_given_as_lowercase_text(tmp_path, phantom_dir):
+    root = copy_bundle(tmp_path / "bundle")
+    configs = config_files(root, "inference", "evaluate")
+    assert workflow(configs, "infer", bundle_root=str(root), dataset_dir=str(phantom_dir)).check_properties() == []
+    with pytest.raises(RuntimeError) as raised:
+        workflow(configs, "infer", bundle_root=str(root), dataset_dir=str(phantom_dir), figures="false")
+    assert "--figures 'false' arrived as text" in str(root_cause(raised.value))
 
 
 def test_exported_models_take_the_settings_of_the_weights_they_were_exported_from(tmp_path):

@@ -230,3 +230,13 @@ def test_resumed_run_keeps_its_best_model(tmp_path, phantom_dir):
     _train(root, phantom_dir, epochs=4)
     assert hashlib.sha256((models / "model.pt").read_bytes()).hexdigest() != best_weights
     assert torch.load(models / "checkpoint.pt", weights_only=False)["validation"]["best_metric_epoch"] == 4
+
+
+def test_monai_bundle_cli_refuses_a_lowercase_false_before_it_writes(tmp_path, phantom_dir):
+    root = copy_bundle(tmp_path / "bundle")
+    args = ["-m", "monai.bundle", "run", "training", "--config_file", config_arg(root, "train")]
+    result = run_cli(args + cli_args(tiny_overrides(root, phantom_dir, epochs=1)) + ["--amp", "false"])
+    assert result.returncode != 0
+    assert "--amp 'false' arrived as text, which reads as true" in result.stderr
+    assert "--amp True, False or None" in result.stderr
+    assert not (root / "models" / "model.pt").exists() and not (root / "logs").exists()

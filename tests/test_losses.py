@@ -220,6 +220,11 @@ def test_mgrad_loss_custom_loss_and_errors():
         MGRADLoss()(out, torch.zeros(2, 2, 16, 16))
     with pytest.raises(ValueError, match="deep_supervision"):
         MGRADLoss(deep_supervision="deep")
+    # one output channel: the default loss's softmax would be 1 everywhere, and training would learn nothing
+    with pytest.raises(ValueError, match=r"at least 2 classes.*got shape \[2, 1, 16, 16\].*out_channels=2"):
+        MGRADLoss()(torch.randn(2, 1, 16, 16), torch.zeros(2, 1, 16, 16))
+    sigmoid = DiceLoss(sigmoid=True)  # a loss of one's own may take one channel
+    assert MGRADLoss(loss=sigmoid, deep_supervision="none")(torch.randn(2, 1, 16, 16), (target > 0).float()).dim() == 0
 
 
 def test_mgrad_loss_names_a_wrong_output_and_too_few_side_weights():

@@ -132,6 +132,11 @@ class MGRADLoss(_Loss):
         return total
 
     def _check_target(self, pred: Tensor, target: Tensor) -> Tensor:
+        if self.index_targets and (pred.dim() < 3 or pred.shape[1] < 2):  # the default loss
+            raise ValueError(
+                f"MGRADLoss takes logits (B, C, *spatial) of at least 2 classes, background included (its Dice and CE "
+                f"take the softmax over C), got shape {list(pred.shape)}: a binary task has out_channels=2."
+            )
         if target.shape[0] != pred.shape[0] or target.shape[2:] != pred.shape[2:]:
             raise ValueError(
                 f"target shape {list(target.shape)} does not match the prediction {list(pred.shape)}: "

@@ -4,8 +4,10 @@ Inverting all class channels of a large volume at once holds every channel at fu
 512x512x600 CT with 9 classes: 5.7 GB). :class:`InvertLabelsd` undoes only the last resampling of the preprocessing
 (the in-plane resize) on one float channel at a time, keeping a running maximum, takes the argmax, and undoes the
 operations before it (the reorientation) on the ``uint8`` labels; the peak stays near two full-resolution float32
-channels whatever the number of classes, and the labels are exactly the argmax of the inverted outputs wherever
-those earlier operations only permute and flip axes (as ``Orientationd`` does).
+channels whatever the number of classes, and the labels are the argmax of the inverted outputs wherever those earlier
+operations only permute and flip axes (as ``Orientationd`` does). The bundle's in-plane resize is undone slice by slice
+with a 2D kernel: MONAI's trilinear values to within a float32 rounding (one step in some sizes, none in others),
+in 0.37 of the time on a CPU (an ACDC volume with 4 classes: 15.6 against 35.2 ms, one thread, labels only).
 """
 
 from collections.abc import Hashable, Iterator, Mapping
@@ -13,6 +15,7 @@ from copy import deepcopy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, InvertibleTransform, Transform
 from monai.transforms.utils import convert_applied_interp_mode
@@ -89,15 +92,25 @@ class InvertLabelsd(Transform):
         image.applied_operations = convert_applied_interp_mode(deepcopy(like.applied_operations), mode="nearest")
         return self.earlier.inverse({self.orig_key: image})[self.orig_key]
 
-    def _channels(self, data: Mapping[Hashable, Any], pred: torch.Tensor, first: list) -> Iterator:
+    def _channels(self, data: Mapping[Hashable, Any], pred: torch.Tensor, first: list | None) -> Iterator:
         """Each class channel with the last resampling undone, as ``(index, float32 (1, h', w', d') tensor)``;
-        ``first`` gets the first channel's MetaTensor header (meta data and operations left to undo)."""
+        ``first`` (where given) gets the first channel's MetaTensor header (meta data and operations left to undo).
+
+        An in-plane resize (:func:`_in_plane_size`) is undone slice by slice with a 2D bilinear kernel (MONAI's
+        trilinear kernel weighs the kept slice axis by 1 and 0, so the two differ by float32 rounding only); MONAI's
+        inversion then runs on one slice only, for the header."""
+        size = _in_plane_size(data[self.orig_key], pred.shape[-1])
         for c in range(pred.shape[0]):
-            channel = self._inverted(data, pred[c : c + 1])
-            if c == 0:
-                ops = channel.applied_operations
-                first.append(MetaTensor(torch.zeros(1), meta=channel.meta, applied_operations=ops))
-            yield c, channel.as_tensor().float()
+            if size is None:
+                channel = self._inverted(data, pred[c : c + 1])
+                if c == 0 and first is not None:
+                    first.append(_header(channel))
+                yield c, channel.as_tensor().float()
+                continue
+            if c == 0 and first is not None:
+                first.append(_header(self._inverted(_one_slice(data, self.orig_key), pred[:1, ..., :1])))
+            slices = pred[c : c + 1].float().permute(3, 0, 1, 2).contiguous()  # (d', 1, h, w)
+            yield c, F.interpolate(slices, size=size, mode="bilinear").permute(1, 2, 3, 0)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -114,10 +127,11 @@ class InvertLabelsd(Transform):
                 if self.prob_key is None
                 else self._probabilities(part, pred[..., zs], first)
             )
-            if labels is None:
-                labels = torch.empty((*slab_labels.shape[:-1], pred.shape[-1]), dtype=torch.uint8)
+            if labels is None:  # the inverted depth: that of the network's grid where it was undone slab by slab
+                depth = slab_labels.shape[-1] if zs == slice(None) else pred.shape[-1]
+                labels = torch.empty((*slab_labels.shape[:-1], depth), dtype=torch.uint8)
                 if slab_probs is not None:
-                    probs = torch.empty((*slab_probs.shape[:-1], pred.shape[-1]), dtype=torch.uint16)
+                    probs = torch.empty((*slab_probs.shape[:-1], depth), dtype=torch.uint16)
             labels[..., zs] = slab_labels.cpu()  # the whole volume's labels in host memory, for the writer
             if probs is not None:
                 probs[..., zs] = slab_probs
@@ -150,7 +164,7 @@ class InvertLabelsd(Transform):
             if c == 0:
                 best, labels = channel, torch.zeros_like(channel, dtype=torch.uint8)
                 continue
-            labels.masked_fill_(channel > best, c)
+            _take_larger(labels, channel > best, c)
             torch.maximum(best, channel, out=best)
         return labels
 
@@ -166,12 +180,45 @@ class InvertLabelsd(Transform):
         # second pass: quantised probabilities, and labels as the argmax of the stored steps (exact in float32)
         probs = torch.empty((pred.shape[0], *top.shape[1:]), dtype=torch.uint16)
         labels = torch.zeros_like(top, dtype=torch.uint8)
-        for c, channel in self._channels(d, pred, []):
+        for c, channel in self._channels(d, pred, None):
             steps = channel.sub_(top).exp_().div_(total).mul_(PROBABILITY_SCALE).round_()
             probs[c : c + 1] = steps.cpu().to(torch.uint16)  # (uint16 has few operations on a GPU)
             if c == 0:
                 best = steps
                 continue
-            labels.masked_fill_(steps > best, c)
+            _take_larger(labels, steps > best, c)
             torch.maximum(best, steps, out=best)
         return labels, probs
+
+
+def _take_larger(labels: torch.Tensor, larger: torch.Tensor, c: int) -> None:
+    """``labels`` set to ``c`` where ``larger``, in place: every label so far is below ``c``, so that is their maximum
+    with ``larger * c`` (several times faster on a CPU than ``masked_fill_`` on ``uint8``)."""
+    torch.maximum(labels, larger.to(torch.uint8).mul_(c), out=labels)
+
+
+def _header(channel: MetaTensor) -> MetaTensor:
+    """A one-element MetaTensor with the meta data and the operations left to undo of ``channel``."""
+    return MetaTensor(torch.zeros(1), meta=channel.meta, applied_operations=channel.applied_operations)
+
+
+def _in_plane_size(orig: Any, depth: int) -> tuple[int, int] | None:
+    """``(H, W)`` where the last operation applied to ``orig`` is MONAI's linear ``Resize`` in float32 of a
+    ``(C, H, W, depth)`` volume that kept its ``depth`` slices (the bundle's in-plane resize); else ``None``."""
+    ops = list(getattr(orig, "applied_operations", []))
+    if not ops or ops[-1].get("class") != "Resize":
+        return None
+    size, extra = tuple(int(n) for n in ops[-1]["orig_size"]), ops[-1].get("extra_info", {})
+    linear = extra.get("mode") in ("bilinear", "trilinear") and extra.get("align_corners") in (None, "none", False)
+    if len(size) != 3 or size[-1] != depth or not linear or str(extra.get("dtype")) not in ("float32", "torch.float32"):
+        return None
+    return size[0], size[1]
+
+
+def _one_slice(data: Mapping[Hashable, Any], orig_key: str) -> dict[Hashable, Any]:
+    """``data`` with ``orig_key`` a header whose last operation (an in-plane resize) is that of one slice."""
+    orig = data[orig_key]
+    ops = list(orig.applied_operations)
+    op = deepcopy(ops[-1])
+    op["orig_size"] = (*tuple(op["orig_size"])[:-1], 1)
+    return {**data, orig_key: MetaTensor(torch.zeros(1), meta=orig.meta, applied_operations=[*ops[:-1], op])}
