@@ -369,7 +369,8 @@ def infer(
     configs: Sequence[str] = (),
     **overrides: Any,
 ) -> list[str]:
-    """Segment every volume in folder ``input`` (or a datalist ``.json``); write NIfTI predictions to ``output_dir``.
+    """Segment every volume in folder ``input`` (or one volume file, or a datalist ``.json``); write NIfTI predictions
+    to ``output_dir``.
 
     Predictions have each input's shape, affine and orientation. ``ckpt_path`` defaults to the bundle's
     ``models/model.pt``; several checkpoints (``--ckpt_path "[a.pt,b.pt]"`` or ``--ckpt_path a.pt,b.pt``), or
@@ -380,7 +381,8 @@ def infer(
     :func:`train`.
 
     Args:
-        input: a folder of volumes, or a datalist ``.json``.
+        input: a folder of volumes (or of DICOM series folders), one volume file or DICOM series folder, or a
+            datalist ``.json``.
         output_dir: where the predictions go (``<input name>_seg.nii.gz``).
         bundle_root: the bundle folder; default :func:`default_bundle_root`.
         ckpt_path: the weights, one path or several (an ensemble); default ``<bundle_root>/models/model.pt``.

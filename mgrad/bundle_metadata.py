@@ -17,8 +17,9 @@ EVAL_METRICS = {"dice": "mean_dice", "hd95": "mean_hd95", "iou": "mean_iou", "as
 OWN_FIELDS = {"monai", "torch", "numpy"}
 INSTALL_NOTE = (
     "The mgrad package (version {version}) is carried by the bundle (mgrad/ at its top level, with pyproject.toml "
-    "and setup.cfg): `python -m monai.bundle run` imports it from the bundle folder, and `pip install <bundle "
-    "folder>` installs it with its dependencies. The packages of required_packages_version come from PyPI."
+    "and setup.cfg): `python -m monai.bundle run` started in the bundle folder imports it from there, and `pip "
+    "install <bundle folder>` installs it with its dependencies. The packages of required_packages_version come "
+    "from PyPI."
 )
 
 

@@ -77,9 +77,10 @@ def export_bundle(
     The zip holds ``configs/`` (with ``train.json`` and ``inference.json`` each merged with ``common.json``, so
     that MONAI Label and ``monai.bundle run --config_file configs/inference.json`` read them alone), ``docs/``,
     ``LICENSE``, ``models/model.pt`` (when trained and ``include_model``; with ``models/model.json``, the settings
-    it was trained with) and a copy of the ``mgrad`` package at its top level: ``monai.bundle run`` puts the bundle
-    folder on ``sys.path``, so the downloaded bundle imports mgrad from there where mgrad is not installed. The zip
-    is written to a temporary name and renamed. With ``pyproject.toml``/``setup.cfg`` beside the package, ``pip
+    it was trained with) and a copy of the ``mgrad`` package at its top level, so that ``monai.bundle run`` started
+    in the bundle folder imports mgrad from there where mgrad is not installed (from elsewhere, the folder goes on
+    ``PYTHONPATH``: MONAI adds it to ``sys.path`` only after the configs' imports). The zip is written to a
+    temporary name and renamed. With ``pyproject.toml``/``setup.cfg`` beside the package, ``pip
     install <bundle folder>`` installs it too.
 
     ``configs/metadata.json`` is rewritten for the export: ``required_packages_version`` lists the installed PyPI

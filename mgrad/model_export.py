@@ -1,5 +1,6 @@
 """``python -m mgrad export``: the bundle's trained network as ONNX or TorchScript, for runtimes without mgrad."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -7,11 +8,11 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.utils import convert_to_torchscript
 
-from mgrad.bundle import bundle_configs, check_overrides, default_bundle_root
+from mgrad.bundle import bundle_configs, check_overrides, default_bundle_root, standalone_config
 from mgrad.onnx_network import export_onnx
 from mgrad.writers import atomic_path
 
-__all__ = ["export_model", "load_bundle_network"]
+__all__ = ["deploy_config", "export_model", "load_bundle_network"]
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
 
@@ -20,7 +21,8 @@ def load_bundle_network(
     bundle_root: str | Path, ckpt_path: str | None = None, config: str = "inference", **overrides: Any
 ) -> tuple[torch.nn.Module, ConfigParser]:
     """The bundle's ``network_def`` (from ``configs/<config>.json`` with ``overrides``) with the weights of
-    ``ckpt_path`` (default: the config's ``ckpt_path``, i.e. ``models/model.pt``), in eval mode on the CPU.
+    ``ckpt_path`` (default: the config's ``ckpt_path``, i.e. ``models/model.pt``), in eval mode on the CPU; the
+    network is built with the settings written beside those weights (``model.json``), as inference builds it.
 
     Returns:
         The network and the parser, whose other ids (e.g. ``spatial_size``) describe the network's input.
@@ -36,6 +38,8 @@ def load_bundle_network(
     parser.read_meta(str(root / "configs" / "metadata.json"))
     parser["bundle_root"] = str(root)
     check_overrides(parser, list(overrides))
+    if ckpt_path is not None:
+        parser["ckpt_path"] = str(ckpt_path)
     for key, value in overrides.items():
         parser[key] = value
     path = Path(ckpt_path or parser.get_parsed_content("ckpt_path"))
@@ -48,6 +52,22 @@ def load_bundle_network(
     except RuntimeError as e:
         raise ValueError(f"checkpoint {path} does not fit the bundle's network_def: {e}") from e
     return network.eval(), parser
+
+
+def deploy_config(bundle_root: str | Path, settings: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The inference config as MONAI Deploy's bundle operator reads it from a TorchScript file: one file,
+    ``extra/inference.json``, parsed alone, beside no ``model.json``. So ``common.json`` and ``inference.json`` are
+    merged, and the model's ``settings`` (:func:`mgrad.model_settings.model_settings`) and the export's
+    ``overrides`` are written into it.
+
+    Returns:
+        the config, as ``json.dump`` writes it.
+    """
+    parser = ConfigParser(standalone_config(bundle_root, "inference"))
+    parser["model_settings"] = dict(settings)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get()
 
 
 def export_model(
@@ -64,6 +84,8 @@ def export_model(
     The ONNX model takes ``image`` ``(B, C, H, W)`` with B, H and W free (H and W multiples of 16) and returns the
     logits ``pred``; ``configs/inference_onnx.json`` runs it over whole volumes. Bundle ids such as ``--dataset`` or
     ``--preset`` pick the network the checkpoint was trained as; ``--dynamo true`` uses torch's newer exporter.
+    The TorchScript file carries ``extra/metadata.json`` and ``extra/inference.json`` (:func:`deploy_config`), which
+    MONAI Deploy's bundle operator reads from it.
 
     Returns:
         The path written.
@@ -79,6 +101,10 @@ def export_model(
         export_onnx(network, path, in_channels=in_channels, spatial_size=spatial_size, dynamo=dynamo)
     else:
         example = torch.rand(2, in_channels, spatial_size, spatial_size)
-        with atomic_path(path) as tmp:
-            convert_to_torchscript(network, str(tmp), verify=True, inputs=[example], rtol=1e-3, atol=1e-3)
+        config = deploy_config(root, parser.get_parsed_content("model_settings"), overrides)
+        extra_files = {"metadata.json": json.dumps(parser.get("_meta_")), "inference.json": json.dumps(config)}
+        with atomic_path(path, keep_name=True) as tmp:  # the archive's top folder is named after the file
+            convert_to_torchscript(
+                network, str(tmp), extra_files=extra_files, verify=True, inputs=[example], rtol=1e-3, atol=1e-3
+            )
     return str(path)

@@ -14,6 +14,7 @@ from monai.data import NibabelWriter, image_writer
 __all__ = [
     "PROBABILITY_SCALE",
     "atomic_path",
+    "check_output_folder",
     "read_json",
     "write_json",
     "AtomicNibabelWriter",
@@ -25,16 +26,23 @@ PROBABILITY_SCALE = 65535
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, keep_name: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffixes); rename it to ``path`` if the block succeeds.
 
-    On failure the temporary file is removed and an existing ``path`` is left as it was.
+    On failure the temporary file is removed and an existing ``path`` is left as it was. With ``keep_name`` the
+    temporary file has ``path``'s own name, in a temporary folder beside it: for writers that record the file's name
+    inside the file (``torch.jit.save`` names the archive's top folder after it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(fd)
+    folder = None
+    if keep_name:
+        folder = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        tmp = os.path.join(folder, path.name)
+    else:
+        suffix = "".join(path.suffixes) or ".tmp"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+        os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)
@@ -42,6 +50,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if folder is not None:
+            os.rmdir(folder)
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Raise ``NotADirectoryError`` where ``path``, a folder that outputs are to be written into, is an existing file
+    (or has one among its parents): checked before a run, since each output would otherwise fail only once computed.
+
+    Example:
+        >>> check_output_folder("bundle/eval")  # a folder, or one that does not exist yet: nothing happens
+    """
+    path = Path(path)
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"output folder {path}: {blocking} is a file, not a folder; give another output_dir")
 
 
 def write_json(path: str | os.PathLike, value: Any, indent: int = 2) -> None:

@@ -150,9 +150,10 @@ def test_loading_workers_follow_the_device_in_use(name, device, workers):
     assert parser.get_parsed_content("num_workers") == workers
 
 
-def inference_settings(models: Path, **overrides) -> dict:
-    """The ids that the inference config takes from a model's settings, parsed with ``models/model.pt``."""
-    parser = ConfigParser(ConfigParser.load_config_files(config_files(REPO / "bundle", "inference")))
+def inference_settings(models: Path, *layers: str, **overrides) -> dict:
+    """The ids that the inference config (with ``layers`` on it) takes from a model's settings, parsed with
+    ``models/model.pt``."""
+    parser = ConfigParser(ConfigParser.load_config_files(config_files(REPO / "bundle", "inference", *layers)))
     parser.update({"ckpt_path": str(models / "model.pt"), **overrides})
     return {key: parser.get_parsed_content(key) for key in ("preset", "in_channels", "num_classes", "intensity")}
 
@@ -220,3 +221,20 @@ def test_the_evaluation_refuses_figures_given_as_lowercase_text(tmp_path, phanto
     with pytest.raises(RuntimeError) as raised:
         workflow(configs, "infer", bundle_root=str(root), dataset_dir=str(phantom_dir), figures="false")
     assert "--figures 'false' arrived as text" in str(root_cause(raised.value))
+
+
+def test_exported_models_take_the_settings_of_the_weights_they_were_exported_from(tmp_path):
+    """The ONNX and TensorRT configs run an exported file, not ``model.pt``: they read the ``model.json`` of the
+    checkpoint it came from (``ckpt_path``), so an MRI model is not windowed as CT with the default's classes; and
+    ``mgrad export --ckpt_path`` builds the network with that checkpoint's settings."""
+    from mgrad.model_export import load_bundle_network
+    from mgrad.networks import MGRADUNet
+
+    settings = {"preset": "small", "in_channels": 1, "num_classes": 4, "intensity": "mri"}
+    write_model_settings(tmp_path / "model.pt", {**settings, "class_names": ["rv", "myo", "lv"]})
+    for layer in ("inference_onnx", "inference_trt"):
+        assert inference_settings(tmp_path, layer) == settings, layer
+    size = {"features": [4, 8, 16, 32, 64], "rfb_channels": 4, "spatial_size": 32, "batch_size": 2}
+    torch.save(MGRADUNet(2, 1, 4, features=size["features"], rfb_channels=4).state_dict(), tmp_path / "model.pt")
+    network, parser = load_bundle_network(REPO / "bundle", str(tmp_path / "model.pt"), size=size)
+    assert parser.get_parsed_content("intensity") == "mri" and network.msd.pred.conv.out_channels == 4

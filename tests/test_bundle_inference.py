@@ -91,6 +91,23 @@ def test_checkpoint_for_other_classes_is_named(trained_bundle, phantom_dir, tmp_
     assert "msd.pred.conv.weight: checkpoint (4, 8, 1, 1), network (9, 8, 1, 1)" in result.stderr
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_anything_runs(phantom_dir, tmp_path):
+    """An ``output_dir`` naming a file (or a folder below one) is refused when the run is set up, naming the file,
+    not after every volume's network pass; the file is left as it was."""
+    from mgrad.bundle import infer as infer_in_process
+    from mgrad.errors import root_cause
+
+    blocker = tmp_path / "case_000.nii.gz"
+    blocker.write_bytes(b"kept")
+    for output_dir in (blocker, blocker / "preds"):
+        with pytest.raises(RuntimeError) as exc:
+            infer_in_process(str(phantom_dir / "imagesTr"), str(output_dir), size=dict(TINY), device="cpu")
+        cause = root_cause(exc.value)
+        assert isinstance(cause, NotADirectoryError), repr(cause)
+        assert str(cause) == f"output folder {output_dir}: {blocker} is a file, not a folder; give another output_dir"
+    assert blocker.read_bytes() == b"kept"
+
+
 def test_evaluate_a_dataset_split(trained_bundle, phantom_dir, tmp_path):
     out = tmp_path / "eval"
     args = ["-m", "mgrad", "evaluate", "--dataset", "synthetic", "--dataset_dir", str(phantom_dir)]

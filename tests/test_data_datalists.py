@@ -164,3 +164,16 @@ def test_decathlon_info_names_a_missing_or_unreadable_dataset_json(tmp_path):
     with pytest.raises(DataError, match=f"{tmp_path / 'dataset.json'}: cannot be read: JSONDecodeError"):
         dataset_info("decathlon", str(tmp_path))
     assert dataset_info("decathlon").num_classes is None  # no folder given: the registry's entry
+
+
+def test_one_volume_file_is_a_datalist_of_itself(tmp_path):
+    """``mgrad infer --input case.nii.gz`` segments that file; a file that is neither a volume nor a datalist is named
+    as such, not taken for a broken datalist alone."""
+    (tmp_path / "case01.nii.gz").write_bytes(b"\x1f\x8b")
+    assert volume_datalist(tmp_path / "case01.nii.gz") == [{"image": str(tmp_path / "case01.nii.gz")}]
+    (tmp_path / "scan.png").write_bytes(b"\x89PNG")
+    with pytest.raises(DataError, match=r"scan.png: neither a volume file \(.nii.gz, .nii, .*\) nor a readable"):
+        volume_datalist(tmp_path / "scan.png")
+    (tmp_path / "list.json").write_text(json.dumps(["case01.nii.gz"]))
+    with pytest.raises(DataError, match="list.json: a datalist is a JSON object with a 'test', .* got a JSON list"):
+        volume_datalist(tmp_path / "list.json")

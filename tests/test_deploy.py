@@ -2,23 +2,37 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from bundle_fixtures import REPO, TINY, cli_args, run_cli
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from mgrad.bundle import infer, load_workflow
 from mgrad.bundle_metadata import md5sum
-from mgrad.model_export import load_bundle_network
+from mgrad.model_export import export_model, load_bundle_network
+
+
+def torchscript_bundle_config(path: Path) -> ConfigParser:
+    """The configs MONAI Deploy's bundle operator reads from a TorchScript file: ``<file stem>/extra/metadata.json``
+    and ``<file stem>/extra/inference.json``, that one config alone."""
+    parser = ConfigParser()
+    with zipfile.ZipFile(path) as archive:
+        parser.read_meta(json.loads(archive.read(f"{path.stem}/extra/metadata.json")))
+        parser.read_config(json.loads(archive.read(f"{path.stem}/extra/inference.json")))
+    return parser
 
 
 def test_inference_config_runs_under_monai_deploy_filtering(trained_bundle, phantom_dir, tmp_path):
     """MonaiBundleInferenceOperator drops the pre-transforms named like LoadImage and the post-transforms named like
-    SaveImage, feeds an in-memory image and keeps the prediction in memory: it must match the file-based run."""
+    SaveImage, feeds an in-memory image and keeps the prediction in memory: it must match the file-based run, with
+    the bundle's configs and the PyTorch network, and with the configs and network of ``mgrad export --format
+    torchscript``, the file Deploy runs."""
     image_path = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))[0]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -29,23 +43,29 @@ def test_inference_config_runs_under_monai_deploy_filtering(trained_bundle, phan
     from_file = nib.load(written[0])
 
     workflow = load_workflow(["inference"], trained_bundle, size=dict(TINY), device="cpu", dataset_dir=str(inputs))
-    parser = workflow.parser
-    pre = [t for t in parser.get_parsed_content("preprocessing").transforms if "LoadImage" not in type(t).__name__]
-    post = [t for t in parser.get_parsed_content("postprocessing").transforms if "SaveImage" not in type(t).__name__]
-    assert len(pre) == len(parser.get_parsed_content("preprocessing").transforms) - 1
-    network, _ = load_bundle_network(trained_bundle, size=dict(TINY))
+    scripted = Path(export_model("torchscript", str(tmp_path / "model.ts"), str(trained_bundle), size=dict(TINY)))
+    runs = {
+        "bundle configs, PyTorch": (workflow.parser, load_bundle_network(trained_bundle, size=dict(TINY))[0]),
+        "TorchScript file": (torchscript_bundle_config(scripted), torch.jit.load(str(scripted))),
+    }
+    for name, (parser, network) in runs.items():
+        pre, post = (parser.get_parsed_content(key).transforms for key in ("preprocessing", "postprocessing"))
+        pre = [t for t in pre if "LoadImage" not in type(t).__name__]
+        post = [t for t in post if "SaveImage" not in type(t).__name__]
+        assert len(pre) == len(parser.get_parsed_content("preprocessing").transforms) - 1
 
-    nifti = nib.load(image_path)
-    affine = torch.as_tensor(nifti.affine, dtype=torch.float64)
-    meta = {"affine": affine, "original_affine": affine.clone(), "original_channel_dim": "no_channel"}
-    meta.update(spatial_shape=np.asarray(nifti.shape), filename_or_obj=image_path.name)
-    data = Compose(pre)({"image": MetaTensor(np.asarray(nifti.dataobj, dtype=np.float32), meta=meta)})
-    with torch.no_grad():
-        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
-    pred = Compose(post)(data)["pred"]
-    assert tuple(pred.shape[1:]) == from_file.shape
-    np.testing.assert_allclose(pred.affine.numpy(), from_file.affine, atol=1e-4)
-    assert np.array_equal(pred[0].numpy().astype(np.uint8), np.asarray(from_file.dataobj))
+        nifti = nib.load(image_path)
+        affine = torch.as_tensor(nifti.affine, dtype=torch.float64)
+        meta = {"affine": affine, "original_affine": affine.clone(), "original_channel_dim": "no_channel"}
+        meta.update(spatial_shape=np.asarray(nifti.shape), filename_or_obj=image_path.name)
+        data = Compose(pre)({"image": MetaTensor(np.asarray(nifti.dataobj, dtype=np.float32), meta=meta)})
+        with torch.no_grad():
+            data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
+        pred = Compose(post)(data)["pred"]
+        assert tuple(pred.shape[1:]) == from_file.shape, name
+        np.testing.assert_allclose(pred.affine.numpy(), from_file.affine, atol=1e-4)
+        assert np.array_equal(pred[0].numpy().astype(np.uint8), np.asarray(from_file.dataobj)), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs", "model.ts", "preds"]  # no temporary left
 
 
 def test_mlflow_tracking_records_params_losses_dice_and_best_model(phantom_dir, tmp_path):

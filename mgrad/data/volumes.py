@@ -12,10 +12,16 @@ from mgrad.data.errors import DataError
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".h5", ".hdf5", ".npz", ".nrrd", ".mha", ".mhd")
 
 
+def is_volume_file(path: Path) -> bool:
+    """True for a file whose name ends with one of :data:`VOLUME_SUFFIXES` (any case)."""
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
 def volume_datalist(path: str | Path) -> list[dict[str, str]]:
     """``[{"image": file}, ...]`` for every volume file in folder ``path`` (sorted), or the items of a datalist.
 
-    A folder holding a DICOM series is one volume; so is each DICOM series subfolder of ``path``.
+    A folder holding a DICOM series is one volume; so is each DICOM series subfolder of ``path``, and so is a single
+    volume file given as ``path``.
 
     A datalist is a decathlon-style ``.json`` file, or a folder holding one as ``dataset.json``; its ``test`` list
     (or else ``validation``, else ``training``) is used, whose entries are file names or ``{"image": ...}`` dicts,
@@ -27,20 +33,23 @@ def volume_datalist(path: str | Path) -> list[dict[str, str]]:
         raise DataError(f"{path}: no such file or folder of volumes")
     if path.is_dir() and (path / "dataset.json").is_file():
         path = path / "dataset.json"
-    if is_dicom_series(path):
+    if is_dicom_series(path) or is_volume_file(path):
         items = [{"image": str(path)}]
     elif path.is_dir():
-        files = sorted(
-            str(f)
-            for f in path.iterdir()
-            if (f.is_file() and f.name.lower().endswith(VOLUME_SUFFIXES)) or is_dicom_series(f)
-        )
+        files = sorted(str(f) for f in path.iterdir() if is_volume_file(f) or is_dicom_series(f))
         items = [{"image": f} for f in files]
     else:
         try:
             lists = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: not a readable datalist ({e})") from e
+            raise DataError(
+                f"{path}: neither a volume file ({', '.join(VOLUME_SUFFIXES)}) nor a readable datalist .json ({e})"
+            ) from e
+        if not isinstance(lists, dict):
+            raise DataError(
+                f"{path}: a datalist is a JSON object with a 'test', 'validation' or 'training' list of volumes, "
+                f"got a JSON {type(lists).__name__}"
+            )
         key = next((k for k in ("test", "validation", "training") if lists.get(k)), None)
         entries = lists[key] if key else []
         items = [dict(e) if isinstance(e, dict) else {"image": e} for e in entries]
