@@ -108,7 +108,7 @@ class InvertLabelsd(Transform):
                 yield c, channel.as_tensor().float()
                 continue
             if c == 0 and first is not None:
-                first.append(_header(self._inverted(_one_slice(data, self.orig_key), pred[:1, ..., :1])))
+                first.append(_header(self._inverted(_with_depth(data, self.orig_key, 1), pred[:1, ..., :1])))
             slices = pred[c : c + 1].float().permute(3, 0, 1, 2).contiguous()  # (d', 1, h, w)
             yield c, F.interpolate(slices, size=size, mode="bilinear").permute(1, 2, 3, 0)
 
@@ -145,19 +145,11 @@ class InvertLabelsd(Transform):
     def _slabs(self, d: dict, pred: torch.Tensor) -> list[tuple[dict, slice]]:
         """``(data, slice of the slice axis)`` per slab of ``self.slab`` slices where the last operation is a
         ``Resize`` that kept the slice axis (undoing it slab by slab is then exact), else the whole volume once."""
-        orig = d[self.orig_key]
-        ops = list(getattr(orig, "applied_operations", []))
         depth = pred.shape[-1]
-        if not ops or ops[-1].get("class") != "Resize" or int(ops[-1]["orig_size"][-1]) != depth:
+        if _resize_keeping_depth(d[self.orig_key], depth) is None:
             return [(d, slice(None))]
-        parts = []
-        for z0 in range(0, depth, self.slab):
-            z1 = min(z0 + self.slab, depth)
-            op = deepcopy(ops[-1])
-            op["orig_size"] = (*tuple(op["orig_size"])[:-1], z1 - z0)
-            header = MetaTensor(torch.zeros(1), meta=orig.meta, applied_operations=[*ops[:-1], op])
-            parts.append(({**d, self.orig_key: header}, slice(z0, z1)))
-        return parts
+        slabs = [slice(z0, min(z0 + self.slab, depth)) for z0 in range(0, depth, self.slab)]
+        return [(_with_depth(d, self.orig_key, zs.stop - zs.start), zs) for zs in slabs]
 
     def _argmax(self, d: dict, pred: torch.Tensor, first: list) -> torch.Tensor:
         for c, channel in self._channels(d, pred, first):
@@ -202,23 +194,32 @@ def _header(channel: MetaTensor) -> MetaTensor:
     return MetaTensor(torch.zeros(1), meta=channel.meta, applied_operations=channel.applied_operations)
 
 
+def _resize_keeping_depth(orig: Any, depth: int) -> dict[str, Any] | None:
+    """The last operation applied to ``orig`` where it is a ``Resize`` that kept the ``depth`` slices; else ``None``."""
+    ops = list(getattr(orig, "applied_operations", []))
+    if not ops or ops[-1].get("class") != "Resize" or int(ops[-1]["orig_size"][-1]) != depth:
+        return None
+    return ops[-1]
+
+
 def _in_plane_size(orig: Any, depth: int) -> tuple[int, int] | None:
     """``(H, W)`` where the last operation applied to ``orig`` is MONAI's linear ``Resize`` in float32 of a
     ``(C, H, W, depth)`` volume that kept its ``depth`` slices (the bundle's in-plane resize); else ``None``."""
-    ops = list(getattr(orig, "applied_operations", []))
-    if not ops or ops[-1].get("class") != "Resize":
+    op = _resize_keeping_depth(orig, depth)
+    if op is None:
         return None
-    size, extra = tuple(int(n) for n in ops[-1]["orig_size"]), ops[-1].get("extra_info", {})
+    size, extra = tuple(int(n) for n in op["orig_size"]), op.get("extra_info", {})
     linear = extra.get("mode") in ("bilinear", "trilinear") and extra.get("align_corners") in (None, "none", False)
-    if len(size) != 3 or size[-1] != depth or not linear or str(extra.get("dtype")) not in ("float32", "torch.float32"):
+    if len(size) != 3 or not linear or str(extra.get("dtype")) not in ("float32", "torch.float32"):
         return None
     return size[0], size[1]
 
 
-def _one_slice(data: Mapping[Hashable, Any], orig_key: str) -> dict[Hashable, Any]:
-    """``data`` with ``orig_key`` a header whose last operation (an in-plane resize) is that of one slice."""
+def _with_depth(data: Mapping[Hashable, Any], orig_key: str, depth: int) -> dict[Hashable, Any]:
+    """``data`` with ``orig_key`` a header whose last operation, a resize that kept the slice axis
+    (:func:`_resize_keeping_depth`), is that of ``depth`` slices: a slab of them, or one slice."""
     orig = data[orig_key]
     ops = list(orig.applied_operations)
     op = deepcopy(ops[-1])
-    op["orig_size"] = (*tuple(op["orig_size"])[:-1], 1)
+    op["orig_size"] = (*tuple(op["orig_size"])[:-1], depth)
     return {**data, orig_key: MetaTensor(torch.zeros(1), meta=orig.meta, applied_operations=[*ops[:-1], op])}
