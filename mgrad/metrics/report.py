@@ -59,7 +59,7 @@ def summarize(
         )
     mean = {m: _mean([per_class[name][m] for name in names]) for m in METRICS}
     if distance_unit is None:
-        distance_unit = "vox" if protocol == "transunet" else "mm"
+        distance_unit = _protocol_unit(protocol)
     if distance_unit not in ("mm", "vox"):
         raise ValueError(f"distance_unit must be 'mm' or 'vox', got {distance_unit!r}")
     return {
@@ -163,4 +163,9 @@ def format_table(summary: Mapping[str, Any]) -> str:
 def distance_unit(summary: Mapping[str, Any]) -> str:
     """The unit of a summary's HD95 and ASD, ``"mm"`` or ``"vox"`` (a summary written before it was recorded: by its
     protocol)."""
-    return summary.get("distance_unit") or ("vox" if summary["protocol"] == "transunet" else "mm")
+    return summary.get("distance_unit") or _protocol_unit(summary["protocol"])
+
+
+def _protocol_unit(protocol: str) -> str:
+    """The unit of HD95 and ASD where no other is known: voxels under the ``transunet`` protocol, else mm."""
+    return "vox" if protocol == "transunet" else "mm"
