@@ -1,6 +1,5 @@
 """Training-run handlers: a wall-clock budget, a last validation, and the loss and Dice history with its curves."""
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -10,7 +9,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-from mgrad.writers import write_json
+from mgrad.writers import read_json, write_json
 
 __all__ = ["TimeBudget", "TrainingHistory", "ValidateAtEnd", "completed_epochs"]
 
@@ -99,7 +98,7 @@ class TrainingHistory:
     def _continue(self, engine: Engine) -> None:
         path = os.path.join(self.output_dir, "history.json")
         if engine.state.epoch > 0 and os.path.isfile(path):
-            saved = json.loads(open(path).read())
+            saved = read_json(path)
             epochs = saved.get("epoch", [])
             keep = sum(1 for e in epochs if e <= engine.state.epoch)
             # a list written before it was recorded (iteration, epoch_length) is None for the entries it lacks
