@@ -42,7 +42,7 @@ def load_bundle_network(
         parser["ckpt_path"] = str(ckpt_path)
     for key, value in overrides.items():
         parser[key] = value
-    path = Path(ckpt_path or parser.get_parsed_content("ckpt_path"))
+    path = Path(parser.get_parsed_content("ckpt_path"))  # the file whose model.json built the network
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: train the bundle first or pass --ckpt_path")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
