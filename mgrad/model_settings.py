@@ -71,6 +71,9 @@ def model_size(
     Returns:
         ``{"features", "rfb_channels", "spatial_size", "batch_size", "learning_rate"}`` as the preset's size holds.
 
+    Raises:
+        ValueError: ``preset`` is none of ``size_presets``.
+
     Example:
         >>> presets = {"small": {"features": [16, 32, 64, 128, 256], "rfb_channels": 16, "spatial_size": 96,
         ...                      "batch_size": 8, "learning_rate": 0.001}}
@@ -79,6 +82,8 @@ def model_size(
         >>> model_size(presets, "small", trained)["rfb_channels"], model_size(presets, "small", {})["rfb_channels"]
         (8, 16)
     """
+    if preset not in size_presets:
+        raise ValueError(f"unknown preset {preset!r}: the bundle's presets are {', '.join(size_presets)}")
     size = dict(size_presets[preset])
     if settings.get("preset", preset) == preset:
         size.update(settings.get("size", {}))

@@ -192,6 +192,9 @@ def test_inference_builds_the_network_size_the_model_was_trained_with(tmp_path):
     assert built(load_pretrain=False) == ([16, 256, 16], 96, presets["small"]["batch_size"])  # random weights
     (tmp_path / "model.json").unlink()
     assert built() == built(load_pretrain=False)  # weights without settings: the preset, as before
+    with pytest.raises(RuntimeError) as raised:
+        built(preset="nope")
+    assert str(root_cause(raised.value)) == "unknown preset 'nope': the bundle's presets are small, paper"
 
 
 @pytest.mark.parametrize("name", ["train", "inference"])

@@ -28,27 +28,34 @@ def torchscript_bundle_config(path: Path) -> ConfigParser:
     return parser
 
 
-def test_inference_config_runs_under_monai_deploy_filtering(trained_bundle, phantom_dir, tmp_path):
+@pytest.mark.parametrize("fast", [False, True], ids=["float32", "bfloat16"])
+def test_inference_config_runs_under_monai_deploy_filtering(fast, trained_bundle, phantom_dir, tmp_path):
     """MonaiBundleInferenceOperator drops the pre-transforms named like LoadImage and the post-transforms named like
     SaveImage, feeds an in-memory image and keeps the prediction in memory: it must match the file-based run, with
     the bundle's configs and the PyTorch network, and with the configs and network of ``mgrad export --format
-    torchscript``, the file Deploy runs."""
+    torchscript``, the file Deploy runs. Both inference paths run on every CPU: the plain float32 one (``--fast
+    false``) and the bfloat16 fast path (``--fast true``; the default on CPUs with AMX), where the TorchScript file
+    (its batch norms not folded, its autocast TorchScript's own) may take the other class where the file-based run's
+    probabilities are nearly tied."""
     image_path = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))[0]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     (inputs / image_path.name).symlink_to(image_path)
-    written = infer(
-        str(inputs), str(tmp_path / "preds"), bundle_root=str(trained_bundle), size=dict(TINY), device="cpu"
-    )
-    from_file = nib.load(written[0])
+    settings = {"size": dict(TINY), "device": "cpu", "fast": fast}
+    (written,) = infer(str(inputs), str(tmp_path / "preds"), str(trained_bundle), probabilities=True, **settings)
+    from_file = nib.load(written)
+    labels = np.asarray(from_file.dataobj)
+    (probabilities,) = (tmp_path / "preds").glob("*_prob.nii.gz")
+    top2 = np.moveaxis(np.sort(nib.load(probabilities).get_fdata(), axis=-1)[..., -2:], -1, 0)
 
-    workflow = load_workflow(["inference"], trained_bundle, size=dict(TINY), device="cpu", dataset_dir=str(inputs))
+    workflow = load_workflow(["inference"], trained_bundle, dataset_dir=str(inputs), **settings)
     scripted = Path(export_model("torchscript", str(tmp_path / "model.ts"), str(trained_bundle), size=dict(TINY)))
     runs = {
         "bundle configs, PyTorch": (workflow.parser, load_bundle_network(trained_bundle, size=dict(TINY))[0]),
         "TorchScript file": (torchscript_bundle_config(scripted), torch.jit.load(str(scripted))),
     }
     for name, (parser, network) in runs.items():
+        parser["fast"] = fast
         pre, post = (parser.get_parsed_content(key).transforms for key in ("preprocessing", "postprocessing"))
         pre = [t for t in pre if "LoadImage" not in type(t).__name__]
         post = [t for t in post if "SaveImage" not in type(t).__name__]
@@ -64,7 +71,11 @@ def test_inference_config_runs_under_monai_deploy_filtering(trained_bundle, phan
         pred = Compose(post)(data)["pred"]
         assert tuple(pred.shape[1:]) == from_file.shape, name
         np.testing.assert_allclose(pred.affine.numpy(), from_file.affine, atol=1e-4)
-        assert np.array_equal(pred[0].numpy().astype(np.uint8), np.asarray(from_file.dataobj)), name
+        same = pred[0].numpy().astype(np.uint8) == labels
+        if fast and name == "TorchScript file":  # another computation in bfloat16: near-ties may go the other way
+            assert same.mean() > 0.99 and same[top2[1] - top2[0] > 0.3].all(), name
+        else:
+            assert same.all(), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs", "model.ts", "preds"]  # no temporary left
 
 
