@@ -143,14 +143,15 @@ class VolumeSliceInferer(SliceInferer):
     ``(B, C, H, W, D)``), optionally on the fast path.
 
     The fast path runs an eval-mode copy of the network with its batch norms folded into the convolutions
-    (:func:`fold_batch_norms`; kept until the network's weights change), in channels-last memory format, plus cuDNN
-    autotuning on CUDA during the call (:func:`cudnn_autotuning`; a last, smaller batch of slices is padded to
-    ``sw_batch_size``, so it tunes once); where the hardware computes low precision fast
-    (:func:`fast_path_available`: CUDA, CPUs with AMX, AMD CPUs with AVX512-BF16) it runs under autocast (float16 on
-    CUDA, bfloat16 on CPU). The output is float32 either way. ``fast=None`` (the default) takes the fast path
+    (:func:`fold_batch_norms`; for a TorchScript network, MONAI Deploy's, ``torch.jit.freeze``, which folds them too:
+    1.1x in float32 and 1.2x in bfloat16 on an Intel Xeon with AMX; kept until the network's weights change), in
+    channels-last memory format, plus cuDNN autotuning on CUDA during the call (:func:`cudnn_autotuning`; a last,
+    smaller batch of slices is padded to ``sw_batch_size``, so it tunes once); where the hardware computes low precision
+    fast (:func:`fast_path_available`: CUDA, CPUs with AMX, AMD CPUs with AVX512-BF16) it runs under autocast (float16
+    on CUDA, bfloat16 on CPU). The output is float32 either way. ``fast=None`` (the default) takes the fast path
     everywhere, in float32 on other CPUs (folding and channels-last alone are about 1.5x faster than the plain path
-    there, with the same labels); ``True`` forces it with low precision (bfloat16 on any CPU, emulated and slow
-    where not native), ``False`` runs the network as it is, in float32.
+    there, with the same labels); ``True`` forces it with low precision (bfloat16 on any CPU, emulated and slow where
+    not native), ``False`` runs the network as it is, in float32.
 
     ``fuse_activations=True`` also runs each convolution followed by a ReLU of the folded copy as one cuDNN call on
     CUDA (:class:`ConvReLU`; the same operations elsewhere). Off by default until timed on a GPU
@@ -233,11 +234,13 @@ class VolumeSliceInferer(SliceInferer):
             self._folded = None
             with torch.inference_mode(False), torch.no_grad():
                 try:
-                    folded = fold_batch_norms(network)
-                except Exception:  # a module that deepcopy cannot copy: run the network as it is
+                    if isinstance(network, torch.jit.ScriptModule):  # TorchScript folds its own batch norms
+                        folded = torch.jit.freeze(network)
+                    else:
+                        folded = fold_batch_norms(network)
+                        folded = fuse_conv_relu(folded) if self.fuse_activations else folded
+                except Exception:  # a module that cannot be copied or frozen: run the network as it is
                     folded = network
-                else:
-                    folded = fuse_conv_relu(folded) if self.fuse_activations else folded
                 folded = folded.to(memory_format=torch.channels_last)
             if self.compile:
                 folded = torch.compile(folded, dynamic=False, **self.compile_options)
