@@ -35,8 +35,8 @@ def test_inference_config_runs_under_monai_deploy_filtering(fast, trained_bundle
     the bundle's configs and the PyTorch network, and with the configs and network of ``mgrad export --format
     torchscript``, the file Deploy runs. Both inference paths run on every CPU: the plain float32 one (``--fast
     false``) and the bfloat16 fast path (``--fast true``; the default on CPUs with AMX), where the TorchScript file
-    (its batch norms not folded, its autocast TorchScript's own) may take the other class where the file-based run's
-    probabilities are nearly tied."""
+    (frozen by ``torch.jit.freeze``, its autocast TorchScript's own) may take the other class where the file-based
+    run's probabilities are nearly tied."""
     image_path = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))[0]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
