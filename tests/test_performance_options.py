@@ -286,17 +286,22 @@ def test_fast_inference_path_agrees_with_plain_path():
 
 def test_fast_inference_path_freezes_a_torchscript_network():
     """A TorchScript network (MONAI Deploy's) gets its batch norms folded by ``torch.jit.freeze``, as the fast path
-    folds a PyTorch one: the same function in float32, no batch norm left, and the network itself unchanged."""
-    net = torch.jit.script(with_batch_norm_statistics(small_net()))
+    folds a PyTorch one: the same function in float32, no batch norm left, the network itself unchanged; and in
+    bfloat16 autocast acts on it operation by operation, so it computes the PyTorch network's very numbers."""
+    eager = with_batch_norm_statistics(small_net())
+    net = torch.jit.script(eager)
     volume = torch.rand(1, 1, 32, 32, 5, generator=torch.Generator().manual_seed(0))
     inferer = VolumeSliceInferer(roi_size=(32, 32), fast=True, low_precision=False, sw_batch_size=2)
     with torch.inference_mode():
         plain = VolumeSliceInferer(roi_size=(32, 32), fast=False)(volume, net)
         fast = inferer(volume, net)
+        low = [VolumeSliceInferer(roi_size=(32, 32), fast=True, sw_batch_size=2)(volume, n) for n in (net, eager)]
     torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
     frozen = inferer._folded[2]
     assert "batch_norm" not in str(frozen.graph) and "batch_norm" in str(net.inlined_graph)
     assert net.training is False and len(list(net.parameters())) > len(list(frozen.parameters())) == 0
+    assert torch.equal(low[0], low[1]) and not torch.equal(low[0], fast)
+    assert torch._C._jit_set_autocast_mode(True) is True  # TorchScript's own autocast back on after the call
 
 
 def with_batch_norm_statistics(net: MGRADUNet) -> MGRADUNet:
