@@ -145,13 +145,14 @@ def eager_autocast_in_torchscript(active: bool = True) -> Iterator[None]:
     operations as on a PyTorch network's, one by one. The fast path's frozen TorchScript network then computes the
     PyTorch network's very numbers under autocast, and as fast: 1.55-1.6x the unfrozen TorchScript network under
     TorchScript's pass in bfloat16 on an Intel Xeon with AMX (full-size network, one thread), 1.1x in float32. On
-    exit the previous setting returns."""
-    saved = torch._C._jit_set_autocast_mode(not active) if active else None
+    exit the previous setting returns. Nothing where torch has no such setting."""
+    set_mode = getattr(torch._C, "_jit_set_autocast_mode", None)
+    saved = set_mode(not active) if active and set_mode is not None else None
     try:
         yield
     finally:
         if saved is not None:
-            torch._C._jit_set_autocast_mode(saved)
+            set_mode(saved)
 
 
 class VolumeSliceInferer(SliceInferer):
