@@ -251,8 +251,11 @@ class VolumeSliceInferer(SliceInferer):
             self._folded = None
             with torch.inference_mode(False), torch.no_grad():
                 try:
-                    if isinstance(network, torch.jit.ScriptModule):  # TorchScript folds its own batch norms
-                        folded = torch.jit.freeze(network)
+                    if isinstance(network, torch.jit.ScriptModule):
+                        # TorchScript folds its own batch norms, into constants that keep the weights' layout: a
+                        # channels-last copy frozen, or the activations would run channels-first from the first
+                        # convolution on (its one input channel leaves the input's layout ambiguous)
+                        folded = torch.jit.freeze(copy.deepcopy(network).to(memory_format=torch.channels_last))
                     else:
                         folded = fold_batch_norms(network)
                         folded = fuse_conv_relu(folded) if self.fuse_activations else folded

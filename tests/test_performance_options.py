@@ -286,8 +286,9 @@ def test_fast_inference_path_agrees_with_plain_path():
 
 def test_fast_inference_path_freezes_a_torchscript_network():
     """A TorchScript network (MONAI Deploy's) gets its batch norms folded by ``torch.jit.freeze``, as the fast path
-    folds a PyTorch one: the same function in float32, no batch norm left, the network itself unchanged; and in
-    bfloat16 autocast acts on it operation by operation, so it computes the PyTorch network's very numbers."""
+    folds a PyTorch one: the same function in float32, no batch norm left, channels-last weights (so channels-last
+    activations), the network itself unchanged; and in bfloat16 autocast acts on it operation by operation, so it
+    computes the PyTorch network's very numbers."""
     eager = with_batch_norm_statistics(small_net())
     net = torch.jit.script(eager)
     volume = torch.rand(1, 1, 32, 32, 5, generator=torch.Generator().manual_seed(0))
@@ -300,6 +301,10 @@ def test_fast_inference_path_freezes_a_torchscript_network():
     frozen = inferer._folded[2]
     assert "batch_norm" not in str(frozen.graph) and "batch_norm" in str(net.inlined_graph)
     assert net.training is False and len(list(net.parameters())) > len(list(frozen.parameters())) == 0
+    weights = [c.output().toIValue() for c in frozen.graph.findAllNodes("prim::Constant")]
+    weights = [w for w in weights if isinstance(w, torch.Tensor) and w.dim() == 4]
+    assert len(weights) == 69 and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert next(net.parameters()).is_contiguous()  # frozen from a channels-last copy
     assert torch.equal(low[0], low[1]) and not torch.equal(low[0], fast)
     assert torch._C._jit_set_autocast_mode(True) is True  # TorchScript's own autocast back on after the call
 
