@@ -240,7 +240,7 @@ class VolumeSliceInferer(SliceInferer):
     def _fast_module(self, network: nn.Module) -> nn.Module:
         """The folded channels-last copy of an eval-mode ``network`` (compiled where ``compile``), rebuilt when any
         weight or buffer changed."""
-        if network.training:
+        if getattr(network, "training", False):  # a frozen TorchScript network has no training flag: it is eval-only
             return network.to(memory_format=torch.channels_last)
         try:
             versions: tuple[int, ...] | None = tuple(t._version for t in (*network.parameters(), *network.buffers()))

@@ -305,6 +305,8 @@ def test_fast_inference_path_freezes_a_torchscript_network():
     weights = [w for w in weights if isinstance(w, torch.Tensor) and w.dim() == 4]
     assert len(weights) == 69 and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
     assert next(net.parameters()).is_contiguous()  # frozen from a channels-last copy
+    with torch.inference_mode():  # a network frozen already (it has no training flag) runs as it is
+        torch.testing.assert_close(VolumeSliceInferer((32, 32), fast=True, low_precision=False)(volume, frozen), plain)
     assert torch.equal(low[0], low[1]) and not torch.equal(low[0], fast)
     assert torch._C._jit_set_autocast_mode(True) is True  # TorchScript's own autocast back on after the call
 
