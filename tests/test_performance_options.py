@@ -2,6 +2,7 @@
 
 import copy
 import math
+import threading
 from collections import Counter
 
 import pytest
@@ -15,6 +16,7 @@ from mgrad.inferers import (
     ConvReLU,
     VolumeSliceInferer,
     cudnn_autotuning,
+    eager_autocast_in_torchscript,
     fast_path_available,
     fold_batch_norms,
     fuse_conv_relu,
@@ -309,6 +311,35 @@ def test_fast_inference_path_freezes_a_torchscript_network():
         torch.testing.assert_close(VolumeSliceInferer((32, 32), fast=True, low_precision=False)(volume, frozen), plain)
     assert torch.equal(low[0], low[1]) and not torch.equal(low[0], fast)
     assert torch._C._jit_set_autocast_mode(True) is True  # TorchScript's own autocast back on after the call
+
+
+def test_eager_autocast_in_torchscript_is_shared_by_calls_in_other_threads():
+    """Two inferers' calls overlapping in two threads: the setting stays off until the later one ends, then the one from
+    before returns (with each call restoring what it found, the first to end turned it on under the other, which then
+    left it off for good)."""
+
+    def autocast_pass_on() -> bool:
+        on = torch._C._jit_set_autocast_mode(True)
+        torch._C._jit_set_autocast_mode(on)
+        return on
+
+    entered, leave = threading.Event(), threading.Event()
+
+    def other_call() -> None:
+        with eager_autocast_in_torchscript():
+            entered.set()
+            leave.wait(timeout=60)
+
+    other = threading.Thread(target=other_call)
+    other.start()
+    assert entered.wait(timeout=60) and not autocast_pass_on()
+    with eager_autocast_in_torchscript():
+        leave.set()  # the other thread's call ends first, while this one is still inside
+        other.join(timeout=60)
+        assert not other.is_alive() and not autocast_pass_on()
+    assert autocast_pass_on()
+    with eager_autocast_in_torchscript(active=False):
+        assert autocast_pass_on()
 
 
 def with_batch_norm_statistics(net: MGRADUNet) -> MGRADUNet:
