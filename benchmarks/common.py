@@ -4,10 +4,11 @@ package's :func:`mgrad.hardware.machine_summary`), a trained MGRAD-UNet from its
 import json
 import os
 import resource
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mgrad.hardware import machine_summary
 
