@@ -2,14 +2,13 @@
 
 Slice-by-slice 2D predictions of 3D organs leave stray islands that inflate HD95. Per foreground class a rule keeps
 only the largest connected component (MONAI's ``KeepLargestConnectedComponent``), removes components below a
-volume in mm^3 (MONAI's ``RemoveSmallObjects`` by measure), or leaves the class as it is; removed voxels become
-background. :func:`choose_rules` picks each class's rule as nnU-Net does: the candidate with the best mean Dice over
-the validation cases, and none unless it improves on leaving the class alone.
+volume in mm^3 (MONAI's ``RemoveSmallObjects`` by measure, as documented), or leaves the class as it is; removed
+voxels become background. :func:`choose_rules` picks each class's rule as nnU-Net does: the candidate with the best
+mean Dice over the validation cases, and none unless it improves on leaving the class alone.
 """
 
 import json
 import os
-import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import KeepLargestConnectedComponent, MapTransform, RemoveSmallObjects
+from monai.transforms import KeepLargestConnectedComponent, MapTransform
+from skimage import measure
 
 from mgrad.writers import atomic_path, write_json
 
@@ -44,10 +44,14 @@ def _keep(mask: torch.Tensor, rule: Mapping[str, Any], spacing: Sequence[float])
         mask = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False)(mask.to(torch.uint8)) > 0
     min_size = float(rule.get("min_size_mm3") or 0.0)
     if min_size > 0:
-        remove = RemoveSmallObjects(min_size, connectivity=mask.ndim - 1, by_measure=True, pixdim=tuple(spacing))
-        with warnings.catch_warnings():  # MONAI passes scikit-image >= 0.26 its deprecated `min_size`
-            warnings.filterwarnings("ignore", "Parameter `min_size` is deprecated", FutureWarning)
-            mask = torch.as_tensor(remove(mask.to(torch.uint8))) > 0
+        # components under ceil(mm^3 / voxel volume) voxels go: MONAI's documented rule, computed here because
+        # scikit-image 0.26 turned the threshold MONAI passes it inclusive (and deprecated), so MONAI's result now
+        # depends on the version installed and it warns (a warning filter is process-wide, not thread-safe)
+        min_voxels = np.ceil(min_size / (float(np.prod(spacing)) or 1.0))
+        components = measure.label(mask[0].numpy(force=True), connectivity=mask.ndim - 1)
+        kept = np.bincount(components.ravel()) >= min_voxels
+        kept[0] = False
+        mask = torch.as_tensor(kept[components])[None]
     return mask
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from mgrad.postprocess import PostProcessd, apply_rules, choose_rules, load_rules, save_rules
 
@@ -36,11 +37,26 @@ def test_apply_rules_largest_and_min_size():
 
 def test_min_size_rule_shows_no_deprecation_of_the_libraries_below():
     labels = torch.as_tensor(blob_volume(islands=True))[None]
+    filters = list(warnings.filters)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         kept = apply_rules(labels, {1: {"min_size_mm3": 2.0}})
+        assert warnings.filters[0][0] == "always"  # no filter of its own (they are process-wide, not thread-safe)
     assert (kept == 1).sum() == 144  # the island went
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert warnings.filters == filters
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.8, 2.5)])
+def test_min_size_rule_keeps_exactly_the_components_of_at_least_that_volume(spacing):
+    mask = np.random.default_rng(3).random((20, 18, 9)) > 0.9  # components of 1 to about 80 voxels
+    components, n = ndimage.label(mask, np.ones((3, 3, 3)))  # full connectivity: 26 neighbours
+    volumes = np.bincount(components.ravel())[1:] * np.prod(spacing)
+    for min_size in (1.9, 3.5, 10.0):
+        kept = apply_rules(torch.as_tensor(mask, dtype=torch.uint8)[None], {1: {"min_size_mm3": min_size}}, spacing)
+        expected = np.isin(components, 1 + np.flatnonzero(volumes >= min_size))
+        assert 0 < expected.sum() < mask.sum()
+        np.testing.assert_array_equal(kept.numpy()[0], expected)
 
 
 def test_rules_are_chosen_per_class_by_dice(tmp_path):
