@@ -2,6 +2,7 @@
 writers of labels and probabilities."""
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -184,6 +185,26 @@ def test_the_in_plane_resize_is_undone_slice_by_slice_as_monai_undoes_it(case, m
     out = InvertLabelsd(resample)({"pred": logits.clone(), **volume})["pred"]
     assert out.shape == (1, 40, 36, 7)
     assert torch.equal(out.as_tensor().long(), reference["pred"].as_tensor().argmax(0, keepdim=True))  # same kernels
+
+
+def test_a_reorientation_alone_is_undone_without_warnings(case):
+    """The TransUNet protocol's preprocessing: no resize, so the reorientation is the only operation to undo."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+
+    _, data, _, path = case
+    reorient = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Orientationd("image", "RAS")])
+    volume = reorient({"image": str(path)})
+    logits = torch.randn(4, *volume["image"].shape[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # MONAI warns where it is asked to invert no transform
+        out = InvertLabelsd(reorient, prob_key="prob")({"pred": logits.clone(), **volume})
+    invert = Invertd("pred", reorient, orig_keys="image", nearest_interp=False)
+    reference = invert({"pred": MetaTensor(logits), **volume})
+    assert out["pred"].shape == (1, 40, 36, 7) and out["prob"].shape == (4, 40, 36, 7)
+    assert torch.equal(out["pred"].as_tensor().long(), reference["pred"].as_tensor().argmax(0, keepdim=True))
+    for key in ("pred", "prob"):
+        np.testing.assert_allclose(out[key].affine.numpy(), nib.load(path).affine, atol=1e-5)
+        assert out[key].applied_operations == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the inversion of GPU outputs needs one")

@@ -75,7 +75,7 @@ class InvertLabelsd(Transform):
         self.invert_last = Invertd(
             key, Compose(invertible[-1:]), orig_keys=orig_key, nearest_interp=False, to_tensor=True
         )
-        self.earlier = Compose(invertible[:-1])
+        self.earlier = Compose(invertible[:-1]) if len(invertible) > 1 else None  # None: nothing before the last
         self.invert_nearest = Invertd(key, transform, orig_keys=orig_key, nearest_interp=True, to_tensor=True)
 
     def _inverted(self, data: Mapping[Hashable, Any], channels: torch.Tensor, nearest: bool = False) -> MetaTensor:
@@ -90,7 +90,7 @@ class InvertLabelsd(Transform):
         before it undone too, by nearest neighbour."""
         image = MetaTensor(values, meta=deepcopy(like.meta))
         image.applied_operations = convert_applied_interp_mode(deepcopy(like.applied_operations), mode="nearest")
-        return self.earlier.inverse({self.orig_key: image})[self.orig_key]
+        return image if self.earlier is None else self.earlier.inverse({self.orig_key: image})[self.orig_key]
 
     def _channels(self, data: Mapping[Hashable, Any], pred: torch.Tensor, first: list | None) -> Iterator:
         """Each class channel with the last resampling undone, as ``(index, float32 (1, h', w', d') tensor)``;
