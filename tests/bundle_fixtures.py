@@ -1,5 +1,6 @@
 """Fixtures for the bundle tests: a copy of the bundle, a small phantom dataset and a tiny size preset."""
 
+import atexit
 import json
 import os
 import shutil
@@ -8,10 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from command_server import CommandServer
 
 from mgrad.data.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+COMMANDS = CommandServer()
+atexit.register(COMMANDS.close)
 # a size preset small enough for CI: trains in seconds on two cores
 TINY = {
     "features": [8, 16, 32, 64, 128],
@@ -51,8 +55,13 @@ def cli_args(overrides: dict) -> list:
 
 
 def run_cli(args: list, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python -m <module> ...`` (``args``), its output captured; forked from :data:`COMMANDS`' server, or a fresh
+    interpreter with ``MGRAD_TEST_FRESH_PROCESSES=1``."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    if os.environ.get("MGRAD_TEST_FRESH_PROCESSES") == "1":
+        command = [sys.executable, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return COMMANDS.run(args, timeout, cwd, env)
 
 
 def copy_bundle(dest: Path) -> Path:
