@@ -55,8 +55,8 @@ def cli_args(overrides: dict) -> list:
 
 
 def run_cli(args: list, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """``python -m <module> ...`` (``args``), its output captured; forked from :data:`COMMANDS`' server, or a fresh
-    interpreter with ``MGRAD_TEST_FRESH_PROCESSES=1``."""
+    """``python *args`` (``-m <module> ...`` or ``<script> ...``), its output captured: forked from the server of
+    :data:`COMMANDS` (see ``command_server.py``), or a fresh interpreter with ``MGRAD_TEST_FRESH_PROCESSES=1``."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if os.environ.get("MGRAD_TEST_FRESH_PROCESSES") == "1":
         command = [sys.executable, *args]

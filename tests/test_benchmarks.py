@@ -4,11 +4,10 @@ benchmark, which the GPU check runs under a time limit, reports as it goes."""
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bundle_fixtures import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
@@ -23,8 +22,7 @@ def test_benchmark_imports(path):
 
 
 def test_metrics_benchmark_matches_medpy_and_names_the_machine():
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_metrics.py"), "--shape", "64", "64", "16"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    run = run_cli([str(ROOT / "benchmarks" / "bench_metrics.py"), "--shape", "64", "64", "16"], timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert lines[0].startswith(("CPU ", "GPU ")) and "torch " in lines[0]
@@ -37,9 +35,9 @@ def test_train_step_benchmark_reports_each_iteration_and_each_configuration(tmp_
     """The GPU check stops a configuration that runs past its time limit (a cold compilation): the iterations are
     printed as they end and the JSON holds every configuration finished before."""
     result = tmp_path / "train_step.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--size", "32", "--batch", "1"]
+    command = [str(ROOT / "benchmarks" / "bench_train_step.py"), "--size", "32", "--batch", "1"]
     command += ["--steps", "1", "--configs", "plain", "--json", str(result)]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    run = run_cli(command, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "    plain: iteration 1: " in run.stdout and "    plain: iteration 2: " in run.stdout
     report = json.loads(result.read_text())
