@@ -56,9 +56,10 @@ def cli_args(overrides: dict) -> list:
 
 def run_cli(args: list, timeout: int = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """``python *args`` (``-m <module> ...`` or ``<script> ...``), its output captured: forked from the server of
-    :data:`COMMANDS` (see ``command_server.py``), or a fresh interpreter with ``MGRAD_TEST_FRESH_PROCESSES=1``."""
+    :data:`COMMANDS` (see ``command_server.py``) on Linux, otherwise (or with ``MGRAD_TEST_FRESH_PROCESSES=1``) a
+    fresh interpreter."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    if os.environ.get("MGRAD_TEST_FRESH_PROCESSES") == "1":
+    if sys.platform != "linux" or os.environ.get("MGRAD_TEST_FRESH_PROCESSES") == "1":
         command = [sys.executable, *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
     return COMMANDS.run(args, timeout, cwd, env)

@@ -7,6 +7,8 @@ import sys
 import pytest
 from bundle_fixtures import COMMANDS as server  # the server the other tests' commands run on
 
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the tests' commands run forked on Linux only")
+
 PROBE = """
 import atexit, os, sys, threading, time, warnings
 print(os.getcwd(), sys.argv[1:], os.environ.get("PROBE"), repr(sys.stdin.read()), sys.path[0])
