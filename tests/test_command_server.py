@@ -57,3 +57,16 @@ def test_a_command_over_its_time_is_killed_and_the_server_goes_on(tmp_path):
     assert server.run(["-m", "probe", "5"], timeout=60, cwd=tmp_path, env=dict(os.environ)).returncode == 5
     with pytest.raises(ValueError, match="only `python -m <module> ...` and `python <script> ...`"):
         server.run(["-c", "print(1)"], timeout=60, cwd=tmp_path, env=dict(os.environ))
+
+
+def test_a_forked_command_computes_with_torch_threads_as_a_fresh_one(tmp_path):
+    """The server only imports, so its children get torch's intra-op threads as a fresh process does."""
+    (tmp_path / "threads.py").write_text(
+        "import torch\nx = torch.randn(512, 512)\nprint(torch.get_num_threads(), float((x @ x).trace()) != 0)\n"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "threads"]
+    fresh = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    forked = server.run(["-m", "threads"], timeout=60, cwd=tmp_path, env=env)
+    assert forked.returncode == fresh.returncode == 0, forked.stderr
+    assert forked.stdout == fresh.stdout and fresh.stdout.endswith(" True\n")
