@@ -60,8 +60,10 @@ def _become(request: dict) -> None:
         os.close(target)
     sys.stdin = open(0, closefd=False)  # the process's own standard input: /dev/null
     argv = request["argv"]
-    sys.argv = argv[1:] if argv[0] == "-m" else argv  # ``-m``: runpy puts the module's file first
-    sys.path[0] = os.getcwd() if argv[0] == "-m" else os.path.dirname(os.path.abspath(argv[0]))  # as python has it
+    if argv[0] == "-m":  # as python sets them (runpy then puts the module's file first in ``sys.argv``)
+        sys.argv, sys.path[0] = argv[1:], os.getcwd()
+    else:
+        sys.argv, sys.path[0] = argv, os.path.dirname(os.path.abspath(argv[0]))
 
 
 class CommandServer:

@@ -1,4 +1,4 @@
-"""The tests' command server runs ``python -m`` commands as a fresh interpreter does."""
+"""The tests' command server runs ``python -m <module>`` and ``python <script>`` as a fresh interpreter does."""
 
 import os
 import subprocess
